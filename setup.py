@@ -1,0 +1,40 @@
+"""sedd-jax: Score Entropy Discrete Diffusion in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="sedd-jax",
+    version="0.1.0",
+    description="Score Entropy Discrete Diffusion (SEDD) language models in JAX/Flax, from one CPU to a TPU pod.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sedd_jax", "sedd_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.7",
+        "tensorflow-cpu>=2.17",
+        "sentencepiece>=0.2",
+        "ml-collections>=0.1.1",
+        "clu>=0.0.12",
+        "chex>=0.1.88",
+        "grain>=0.2.2",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        # Tests: everything runs on CPU, offline. No torch: checkpoints are read with a safe unpickler.
+        "test": ["pytest>=8", "scipy>=1.11"],
+        # GPT-2 BPE tokenizer for OpenWebText training and the official checkpoints (downloads once).
+        "gpt2": ["tiktoken>=0.7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "sedd-train=sedd_jax.main:run",
+            "sedd-sample=sedd_jax.sample:run",
+            "sedd-convert=sedd_jax.convert:run",
+        ]
+    },
+)
