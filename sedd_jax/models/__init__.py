@@ -1,0 +1,57 @@
+"""The SEDD score network and its standard sizes.
+
+`get_model(config)` builds `SEDD` from a config with `tokens`, `graph.type` and `model.*` (the reference's
+field names); `model_config("small" | "medium" | "tiny")` gives the `model.*` block of each size.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sedd_jax.models.transformer import SEDD, compute_dtype_of
+
+# The reference's model configs (§0.1); "tiny" is sedd-jax's offline CPU default.
+MODEL_SIZES = {
+    "tiny": dict(hidden_size=128, n_heads=4, n_blocks=4, cond_dim=64, length=128, dropout=0.0, scale_by_sigma=True),
+    "small": dict(hidden_size=768, n_heads=12, n_blocks=12, cond_dim=128, length=1024, dropout=0.1, scale_by_sigma=True),
+    "medium": dict(hidden_size=1024, n_heads=16, n_blocks=24, cond_dim=128, length=1024, dropout=0.1, scale_by_sigma=True),
+}
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    """The `model.*` config block of a standard size (name, hidden_size, n_heads, n_blocks, cond_dim, length,
+    dropout, scale_by_sigma)."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+    return ml_collections.ConfigDict(dict(name=size, **MODEL_SIZES[size]))
+
+
+def validate_model_config(config) -> None:
+    """Raises ValueError when `tokens`, `graph.type` and `model.*` cannot make a SEDD network."""
+    m = config.model
+    if m.hidden_size % m.n_heads:
+        raise ValueError(f"model.hidden_size={m.hidden_size} is not divisible by model.n_heads={m.n_heads}")
+    if (m.hidden_size // m.n_heads) % 2:
+        raise ValueError(f"head dim {m.hidden_size // m.n_heads} must be even for rotary embeddings; "
+                         "change model.hidden_size or model.n_heads")
+    if config.graph.type == "uniform" and m.scale_by_sigma:
+        raise ValueError("the uniform graph requires model.scale_by_sigma=False (the sigma scaling is the "
+                         "absorbing graph's parameterisation); set --config.model.scale_by_sigma=False")
+    if not 0 <= m.dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def get_model(config, compute_dtype: str = "float32") -> SEDD:
+    """SEDD network for `config` (fields tokens, graph.type, model.*). Vocabulary = graph dim."""
+    from sedd_jax import graphs
+
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    validate_model_config(config)
+    compute_dtype_of(compute_dtype)
+    m = config.model
+    return SEDD(vocab_size=graph.dim, hidden_size=m.hidden_size, n_heads=m.n_heads, n_blocks=m.n_blocks,
+                cond_dim=m.cond_dim, dropout=float(m.dropout), scale_by_sigma=bool(m.scale_by_sigma),
+                compute_dtype=compute_dtype)
+
+
+__all__ = ["SEDD", "get_model", "model_config", "validate_model_config", "MODEL_SIZES"]

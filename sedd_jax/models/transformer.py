@@ -1,0 +1,197 @@
+"""The SEDD score network (reference §1): a diffusion transformer with rotary attention and adaLN.
+
+`SEDD(...).apply({"params": params}, indices, sigma, train=False)` maps tokens `[B, L] int32` and total noise
+`[B] float32` to the LOG concrete score `[B, L, V]` (V = graph.dim), with the entry at the current token set
+to 0. Dtype of the output: `compute_dtype`.
+
+Precision (`compute_dtype`):
+  * "float32": no casts anywhere; exact parity with the reference run in float32.
+  * "bfloat16": the reference's autocast policy. Parameters stay float32; every Dense casts its inputs and
+    kernel to bf16 and returns bf16 (float32 accumulation on GPU/TPU); LayerNorm, the adaLN modulation and
+    the residual stream stay float32; attention runs on bf16 q/k/v; rotary cos/sin are rounded to bf16, the
+    rotation is computed in float32 and rounded to bf16; the output post-processing is in bf16.
+
+Every parameter carries logical axis names (see `sedd_jax.parallel` for the rules that map them to mesh
+axes): "vocab", "embed", "heads" (the fused q/k/v and attention output columns), "mlp", "cond", "freq",
+"modulation".
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+FREQUENCY_EMBEDDING_SIZE = 256
+LAYER_NORM_EPS = 1e-5
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype_of(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"unknown compute_dtype {name!r}; choose 'float32' or 'bfloat16'")
+    return DTYPES[name]
+
+
+class TorchLinear(nn.Module):
+    """y = x @ kernel + bias with torch.nn.Linear's default init (U(+-1/sqrt(fan_in)) for both) or zeros.
+
+    x: `[..., in]`; kernel `[in, out]` float32 params; computes in `dtype`."""
+
+    features: int
+    axes: tuple[str, str]
+    dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True
+    zero_init: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        bound = 1 / math.sqrt(fan_in)
+
+        def init(key, shape, dtype=jnp.float32):
+            if self.zero_init:
+                return jnp.zeros(shape, dtype)
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), (fan_in, self.features))
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(init, (self.axes[1],)), (self.features,))
+            y = y + bias
+        return y.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Weight-only LayerNorm over the last axis, eps 1e-5, always computed in float32. `[..., H]`."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                           (x.shape[-1],))
+        x = x.astype(jnp.float32)
+        mean = x.mean(axis=-1, keepdims=True)
+        var = jnp.square(x - mean).mean(axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * scale
+
+
+def timestep_features(sigma: jax.Array, size: int = FREQUENCY_EMBEDDING_SIZE, max_period: float = 10000.0):
+    """Sinusoidal features of the total noise: `[B]` -> `[B, size]` float32, cosines first."""
+    half = size // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = sigma.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def rotary_angles(length: int, head_dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotate-half RoPE angles, each `[L, head_dim]` float32 (halves duplicated)."""
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    theta = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None]
+    theta = jnp.concatenate([theta, theta], axis=-1)
+    return jnp.cos(theta), jnp.sin(theta)
+
+
+def apply_rotary(u: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on `[B, L, nh, dh]` with cos/sin `[L, dh]`; computed in float32, returned in u's dtype."""
+    half = u.shape[-1] // 2
+    uf = u.astype(jnp.float32)
+    rotated = jnp.concatenate([-uf[..., half:], uf[..., :half]], axis=-1)
+    cos = cos.astype(u.dtype).astype(jnp.float32)[None, :, None, :]
+    sin = sin.astype(u.dtype).astype(jnp.float32)[None, :, None, :]
+    return (uf * cos + rotated * sin).astype(u.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x `[B, L, H]` float32; shift/scale `[B, H]` -> float32 `[B, L, H]`."""
+    return x * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
+
+
+class DDiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-zero modulation. x `[B, L, H]` float32, c `[B, C]` float32."""
+
+    hidden_size: int
+    n_heads: int
+    dropout: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, c, cos, sin, train: bool):
+        b, length, h = x.shape
+        head_dim = h // self.n_heads
+        mod = TorchLinear(6 * h, ("cond", "modulation"), self.dtype, zero_init=True, name="adaLN")(c)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+
+        qkv = TorchLinear(3 * h, ("embed", "heads"), self.dtype, use_bias=False, name="attn_qkv")(
+            modulate(LayerNorm(name="norm1")(x), shift_msa, scale_msa))
+        qkv = qkv.reshape(b, length, 3, self.n_heads, head_dim)
+        q = apply_rotary(qkv[:, :, 0], cos, sin)
+        k = apply_rotary(qkv[:, :, 1], cos, sin)
+        attn = jax.nn.dot_product_attention(q, k, qkv[:, :, 2], scale=1 / math.sqrt(head_dim))
+        attn = TorchLinear(h, ("heads", "embed"), self.dtype, use_bias=False, name="attn_out")(
+            attn.reshape(b, length, h))
+        x = x + gate_msa[:, None] * drop(attn)
+
+        mlp = TorchLinear(4 * h, ("embed", "mlp"), self.dtype, name="mlp_in")(
+            modulate(LayerNorm(name="norm2")(x), shift_mlp, scale_mlp))
+        mlp = TorchLinear(h, ("mlp", "embed"), self.dtype, name="mlp_out")(nn.gelu(mlp, approximate=True))
+        return x + gate_mlp[:, None] * drop(mlp)
+
+
+class SEDD(nn.Module):
+    """The SEDD score network.
+
+    Attributes:
+      vocab_size: V = graph.dim (tokens + 1 for absorb, tokens for uniform).
+      hidden_size, n_heads, n_blocks, cond_dim, dropout: as the reference's `model.*` config.
+      scale_by_sigma: subtract log(e^sigma - 1) + log(V - 1) from the logits (absorb only).
+      compute_dtype: "float32" or "bfloat16" (see the module docstring).
+    """
+
+    vocab_size: int
+    hidden_size: int = 768
+    n_heads: int = 12
+    n_blocks: int = 12
+    cond_dim: int = 128
+    dropout: float = 0.1
+    scale_by_sigma: bool = True
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, indices: jax.Array, sigma: jax.Array, train: bool = False) -> jax.Array:
+        """indices `[B, L]` int, sigma `[B]` total noise -> log score `[B, L, V]` in compute_dtype."""
+        dtype = compute_dtype_of(self.compute_dtype)
+        sigma = sigma.reshape(-1).astype(jnp.float32)
+        length = indices.shape[1]
+
+        embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=1, out_axis=0),
+                ("vocab", "embed")),
+            (self.vocab_size, self.hidden_size))
+        x = jnp.take(embedding, indices, axis=0)
+
+        features = timestep_features(sigma)
+        c = TorchLinear(self.cond_dim, ("freq", "cond"), name="sigma_mlp_in")(features)
+        c = TorchLinear(self.cond_dim, ("cond", "cond"), name="sigma_mlp_out")(nn.silu(c))
+        c = nn.silu(c)
+
+        cos, sin = rotary_angles(length, self.hidden_size // self.n_heads)
+        for i in range(self.n_blocks):
+            x = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, dtype, name=f"blocks_{i}")(
+                x, c, cos, sin, train)
+
+        mod = TorchLinear(2 * self.hidden_size, ("cond", "modulation"), dtype, zero_init=True,
+                          name="final_adaLN")(c)
+        shift, scale = jnp.split(mod, 2, axis=-1)
+        logits = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True, name="output")(
+            modulate(LayerNorm(name="norm_final")(x), shift, scale))
+
+        if self.scale_by_sigma:
+            esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1)
+            log_esigm1 = jnp.log(esigm1).astype(dtype)[:, None, None]
+            logits = logits - log_esigm1 - jnp.asarray(math.log(self.vocab_size - 1), dtype)
+        return jnp.where(jax.nn.one_hot(indices, self.vocab_size, dtype=jnp.bool_), jnp.zeros((), dtype), logits)
