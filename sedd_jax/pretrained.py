@@ -233,11 +233,6 @@ class Pretrained:
     def score(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         return jnp.exp(self.log_score(x, sigma).astype(jnp.float32))
 
-    def score_fn(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
-        """Traceable score function (for use inside a jitted sampler)."""
-        log_score = self.model.apply({"params": self.params}, x, sigma, train=False)
-        return jnp.exp(log_score.astype(jnp.float32))
-
 
 def _describe_contents(path: str) -> str:
     try:
