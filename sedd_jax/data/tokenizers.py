@@ -160,7 +160,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str,
   except RuntimeError as e:
     raise ValueError(
         f"SentencePiece training with vocab size {vocab_size} failed on {n_chars} characters "
-        f"({e}); lower --config.data.sp_vocab_size or use a larger corpus") from e
+        f"({e}). With byte fallback it needs more than 259 pieces plus the corpus's distinct "
+        "characters, and a corpus large enough for the merges: adjust --config.data.sp_vocab_size "
+        "or use a larger corpus") from e
   os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
   tmp = model_path + _util.tmp_suffix()
   with open(tmp, "wb") as f:
