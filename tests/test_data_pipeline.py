@@ -99,3 +99,22 @@ def test_batch_not_divisible_by_processes(tmp_path):
   config = make_config(tmp_path, files=write_corpus(tmp_path / "corpus"))
   with pytest.raises(ValueError, match="config.training.batch_size=4 is not divisible by the 3"):
     data.create_datasets(config, str(tmp_path), process_index=0, process_count=3)
+
+
+def test_grain_worker_processes_give_the_same_batches_and_state():
+  blocks = _blocks()
+  it = pipeline.make_iterator(blocks, batch_size=4, seed=3, num_workers=2)
+  try:
+    first = _ids(it, 5)
+    state = json.loads(json.dumps(it.get_state()))
+    rest = _ids(it, 3)
+  finally:
+    it.close()
+  np.testing.assert_array_equal(
+      np.concatenate([first, rest]), _ids(pipeline.make_iterator(blocks, batch_size=4, seed=3), 8))
+  resumed = pipeline.make_iterator(blocks, batch_size=4, seed=3, num_workers=2)
+  try:
+    resumed.set_state(state)
+    np.testing.assert_array_equal(_ids(resumed, 3), rest)
+  finally:
+    resumed.close()

@@ -81,5 +81,8 @@ def make_iterator(blocks: np.ndarray, *, batch_size: int, seed: int, process_ind
                     process_count=process_count, what=what)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   if num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, plain scripts)
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it_ds)
