@@ -126,6 +126,11 @@ def create_datasets(config, workdir: Optional[str], process_index: Optional[int]
   split of `config.data.train` and the eval split (sources.DATASETS[name].eval_split) of
   `config.data.valid` are packed into blocks of `config.model.length`; both iterators reshuffle
   every epoch with seed `config.training.seed + epoch` (eval: the same seed + 1 offset).
+  For one deterministic pass over a split (e.g. a final perplexity), use
+  `load_blocks(config, workdir, name, split, tokenizer)` instead of the endless eval_iter.
+
+  Multi-host: every process builds the same caches (atomic writes, so a shared workdir is safe, and
+  SentencePiece training is deterministic); the workdir must be a local or mounted path here.
   """
   if process_index is None or process_count is None:
     import jax
