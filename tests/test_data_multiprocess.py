@@ -10,7 +10,7 @@ import pytest
 
 from sedd_jax import data
 
-from data_testing import make_config, write_corpus
+from tests.data_testing import make_config, write_corpus
 
 
 def _free_port():

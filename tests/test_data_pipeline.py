@@ -7,7 +7,7 @@ import pytest
 from sedd_jax import data
 from sedd_jax.data import pipeline
 
-from data_testing import make_config, write_corpus
+from tests.data_testing import make_config, write_corpus
 
 
 def _blocks(n=37, length=8):

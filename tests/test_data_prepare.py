@@ -7,7 +7,7 @@ import pytest
 from sedd_jax import data
 from sedd_jax.data import prepare, sources
 
-from data_testing import make_config
+from tests.data_testing import make_config
 
 
 def test_prepare_then_train_on_openwebtext(tmp_path, monkeypatch):

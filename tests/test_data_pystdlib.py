@@ -6,7 +6,7 @@ import numpy as np
 
 from sedd_jax import data
 
-from data_testing import make_config
+from tests.data_testing import make_config
 
 
 def test_pystdlib_default_loads_offline_and_reuses_its_tokenizer(tmp_path, monkeypatch):

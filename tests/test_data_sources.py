@@ -10,7 +10,7 @@ import pytest
 from sedd_jax import data
 from sedd_jax.data import sources
 
-from data_testing import make_config, write_corpus
+from tests.data_testing import make_config, write_corpus
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from sedd_jax import data
 from sedd_jax.data import tokenizers
 
-from data_testing import make_config, write_corpus
+from tests.data_testing import make_config, write_corpus
 
 
 def test_char_tokenizer_roundtrip_and_eos():
