@@ -1,47 +1,115 @@
 """Categorical draws from unnormalised probability vectors (reference §5.5).
 
 Both methods are the exponential race: the winner is argmax_j p_j / E_j with E_j ~ Exp(1) i.i.d., which
-picks j with probability p_j / sum(p) exactly when E is exact. Entries <= 0 never win (unless all are).
+picks j with probability p_j / sum(p) when E is exact. Entries <= 0 never win (unless all are).
 
-* "unbiased" (default): E = -log1p(-u) with u built from two float32 uniforms (about 46 random bits near
-  0), so small E, the ones that let a low-probability token win, keep their relative precision down to
-  about 1e-14. No x64 mode is needed.
-* "reference": the official code's draw, E = 1e-10 - log(U + 1e-10) with one float32 U. U's 23-bit grid
-  truncates the exponential's lower tail (Zheng et al. 2024, arXiv 2409.02908): low-probability tokens are
-  under-sampled, which acts as a lowered temperature and flatters generative perplexity. Kept only to
-  reproduce the reference's numbers.
+Which tokens can win depends on the LOWER tail of E: a token whose probability is a fraction q of the
+leader's wins only when its E_j < q E_leader, an event of probability about q. A float32 uniform has a
+grid of 2^-24 near 1, so E = -log U cannot go below ~6e-8:
+
+* "reference": the official code's draw, E = 1e-10 - log(U + 1e-10) with U a float32 uniform on torch's
+  grid {k 2^-24}. E never falls below 2^-24 ~ 5.96e-8, so tokens with q below ~1e-7 essentially never win,
+  and tokens with q ~ 1e-7 .. 1e-6 are under-sampled: the draw acts like a lowered temperature (Zheng et al.
+  2024, arXiv 2409.02908) and flatters generative perplexity. Kept to reproduce the reference's numbers.
+* "unbiased" (default): E from 64 random bits without float64. One bit picks the half of the exponential:
+  E in [0, ln 2) as -log1p(-v/2), E in [ln 2, inf) as ln 2 - log v, where v in [0, 1) carries 48 random bits
+  (v = a 2^-24 + b 2^-48 keeps full float32 relative precision down to 2^-48). Both tails are then exact to
+  within ~2^-49 in probability: E resolves down to ~7e-15 and up to ~34. The race runs on probabilities
+  rescaled by their row maximum, so p / E cannot overflow, and in two levels (blocks of ceil(sqrt(K)), see
+  `sample_categorical`), which is exact and needs ~2 sqrt(K) exponentials per row instead of K.
+
+`tests/test_categorical.py` measures both on distributions with many small entries.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 METHODS = ("unbiased", "reference")
 
+_TWO_M24 = 2.0**-24
+_TWO_M48 = 2.0**-48
 
-def _fine_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32 uniforms on [0, 1) whose resolution near 0 is about 2^-46 instead of 2^-23."""
-    coarse_key, fine_key = jax.random.split(key)
-    coarse = jax.random.uniform(coarse_key, shape, jnp.float32)
-    fine = jax.random.uniform(fine_key, shape, jnp.float32)
-    return coarse + fine * jnp.float32(2.0**-23)
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown categorical sampling method {method!r}; choose one of {METHODS} "
+                         "('unbiased' is exact, 'reference' reproduces the official float32 Gumbel draw)")
+    return method
+
+
+def random_bits(key: jax.Array, shape: tuple[int, ...], method: str = "unbiased") -> jax.Array:
+    """The raw uint32 words a method consumes: `[2, *shape]` for "unbiased", `[1, *shape]` for "reference"."""
+    words = 2 if check_method(method) == "unbiased" else 1
+    return jax.random.bits(key, (words,) + tuple(shape), jnp.uint32)
+
+
+def exponential_from_bits(bits: jax.Array, method: str = "unbiased") -> jax.Array:
+    """Exp(1) samples from the words of `random_bits`: `[W, *shape]` uint32 -> `[*shape]` float32.
+
+    A deterministic map, so tests can feed it chosen bit patterns (e.g. every value of a 24-bit field) and
+    compute a method's exact distribution in the tails.
+    """
+    check_method(method)
+    if method == "reference":
+        # torch.rand's float32 grid: 24 random bits times 2^-24, so U in [0, 1 - 2^-24].
+        u = (bits[0] >> 8).astype(jnp.float32) * jnp.float32(_TWO_M24)
+        return 1e-10 - jnp.log(u + 1e-10)
+    hi, lo = bits[0], bits[1]
+    lower_half = (hi & 1).astype(bool)
+    v = ((hi >> 8).astype(jnp.float32) * jnp.float32(_TWO_M24)
+         + (lo >> 8).astype(jnp.float32) * jnp.float32(_TWO_M48))
+    lower = -jnp.log1p(-0.5 * v)                        # U = v/2 in [0, 1/2): E in [0, ln 2)
+    upper = jnp.float32(math.log(2.0)) - jnp.log(v)     # 1 - U = v/2 in (0, 1/2]: E in [ln 2, inf]
+    return jnp.where(lower_half, lower, upper)
 
 
 def exponential_noise(key: jax.Array, shape: tuple[int, ...], method: str = "unbiased") -> jax.Array:
     """Exp(1) samples `shape` float32 for the race, as drawn by `method`."""
-    if method == "unbiased":
-        # min(., 1 - 2^-24) keeps u < 1 after rounding the sum; E then stays finite.
-        u = jnp.minimum(_fine_uniform(key, shape), jnp.float32(1 - 2.0**-24))
-        return -jnp.log1p(-u)
-    if method == "reference":
-        u = jax.random.uniform(key, shape, jnp.float32)
-        return 1e-10 - jnp.log(u + 1e-10)
-    raise ValueError(f"unknown categorical sampling method {method!r}; choose one of {METHODS}")
+    return exponential_from_bits(random_bits(key, shape, method), method)
+
+
+def _race(probs: jax.Array, noise: jax.Array) -> jax.Array:
+    """argmax_j probs_j / noise_j over the last axis for probs >= 0 (zeros never win), overflow-safe."""
+    top = jnp.max(probs, axis=-1, keepdims=True)
+    scaled = probs / jnp.where(top > 0, top, 1.0)
+    # p / E <= 2^49 after the rescaling; 0 / 0 would be NaN, which argmax would pick.
+    keys = jnp.where(probs > 0, scaled / noise, -1.0)
+    return jnp.argmax(keys, axis=-1).astype(jnp.int32)
+
+
+def block_size(k: int) -> int:
+    """Block length of the two-level race over k categories: ceil(sqrt(k))."""
+    return max(1, math.isqrt(k - 1) + 1) if k > 1 else 1
 
 
 def sample_categorical(key: jax.Array, probs: jax.Array, method: str = "unbiased") -> jax.Array:
-    """One draw per row of `probs` `[..., K]` (unnormalised, entries <= 0 never win). Returns `[...]` int32."""
+    """One draw per row of `probs` `[..., K]` (unnormalised, entries <= 0 never win). Returns `[...]` int32.
+
+    "reference": the official flat race over all K entries with float32 noise.
+    "unbiased": an exact two-level race. The K entries are cut into blocks of ceil(sqrt(K)) (zero-padded); a
+    race over the block sums picks block b with probability S_b / sum(S), then a race inside b picks j with
+    probability p_j / S_b, so P(j) = p_j / sum(p) exactly, with about 2 sqrt(K) exponentials per row instead
+    of K (450 instead of 50258 for GPT-2's vocabulary). If every entry is <= 0 the largest one is returned.
+    """
     probs = probs.astype(jnp.float32)
-    race = probs / exponential_noise(key, probs.shape, method)
-    return jnp.argmax(race, axis=-1).astype(jnp.int32)
+    if check_method(method) == "reference":
+        noise = exponential_noise(key, probs.shape, method)
+        return jnp.argmax(probs / noise, axis=-1).astype(jnp.int32)
+    k = probs.shape[-1]
+    size = block_size(k)
+    blocks = -(-k // size)
+    positive = jnp.where(probs > 0, probs, 0.0)
+    if blocks * size != k:
+        positive = jnp.pad(positive, [(0, 0)] * (probs.ndim - 1) + [(0, blocks * size - k)])
+    positive = positive.reshape(probs.shape[:-1] + (blocks, size))
+    block_key, inner_key = jax.random.split(key)
+    sums = positive.sum(axis=-1)                                                   # [..., blocks]
+    block = _race(sums, exponential_noise(block_key, sums.shape, method))          # [...]
+    inner = jnp.take_along_axis(positive, block[..., None, None], axis=-2)[..., 0, :]  # [..., size]
+    index = block * size + _race(inner, exponential_noise(inner_key, inner.shape, method))
+    any_positive = jnp.max(sums, axis=-1) > 0
+    return jnp.where(any_positive, index, jnp.argmax(probs, axis=-1)).astype(jnp.int32)

@@ -199,9 +199,11 @@ class Absorbing(Graph):
         """expm(-dsigma Q) s: e^dsigma s_j for real j; s_MASK + (1 - e^dsigma) sum_{j real} s_j at MASK."""
         score = score.astype(jnp.float32)
         edsigma = jnp.exp(_per_token(dsigma, score.ndim - 1))
-        extra = (1 - edsigma) * score.sum(axis=-1)
-        score = score * edsigma[..., None]
-        return score.at[..., -1].add(extra)
+        # The reference adds (1 - e^dsigma) sum_all s to e^dsigma s_MASK, which cancels catastrophically in
+        # float32 when e^dsigma is large (e.g. geometric noise from sigma_bar = 20); summing the real tokens
+        # only is the same value without the cancellation.
+        mask_entry = score[..., -1] + (1 - edsigma) * score[..., :-1].sum(axis=-1)
+        return (score * edsigma[..., None]).at[..., -1].set(mask_entry)
 
     def sample_limit(self, key: jax.Array, *batch_dims: int) -> jax.Array:
         """All MASK: `[*batch_dims]` int32 (the key is unused; kept for a uniform API)."""

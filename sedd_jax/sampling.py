@@ -1,0 +1,296 @@
+"""Samplers (reference §5): Euler and analytic (Tweedie) predictors, the final denoiser, infilling
+projectors, and one jitted loop.
+
+A score function is any `score_fn(x: int32[B, L], sigma: float32[B]) -> float[B, L, dim]` returning the
+concrete score (positive ratios p_t(x with x_l := y) / p_t(x)); for a network, exp of its log-score.
+
+    sampler = get_pc_sampler(graph, noise, (B, L), "analytic", steps)
+    tokens = jax.jit(sampler)(score_fn, key)                    # int32 [B, L]
+
+The loop is a `lax.scan` over steps (one trace, one compile). Time runs on the grid
+`linspace(1, eps, steps + 1)`; step i uses t_i and dt = (1 - eps) / steps, with key `fold_in(key, i)`.
+Before every step, before the denoiser and once at the end, `proj_fun` clamps the known tokens.
+
+`sample_sequences` is the validated, cached entry point used by `pretrained.Pretrained.sample` and the CLI.
+To keep large parameters out of the compiled program, pass a `jax.tree_util.Partial(fn, params)` as
+`score_fn` (params are then traced arguments, not constants); any other callable works too and is cached by
+identity (bound methods by their object and function).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sedd_jax import categorical
+
+PREDICTORS = ("euler", "analytic", "none")
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+ProjFn = Callable[[jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+def check_predictor(predictor: str) -> str:
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}; choose one of {PREDICTORS} "
+                         "('analytic' is the reference's default for sampling, 'euler' its training snapshots)")
+    return predictor
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (number of predictor steps), got {steps!r}")
+    return int(steps)
+
+
+def _check_eps(eps) -> float:
+    eps = float(eps)
+    if not 0 < eps < 1:
+        raise ValueError(f"eps (the last time of the grid linspace(1, eps, steps + 1)) must be in (0, 1), got {eps}")
+    return eps
+
+
+# ----------------------------------------------------------------------------------------- predictors
+
+def euler_step(graph, noise, score_fn: ScoreFn, key, x, t, dt, method="unbiased"):
+    """tau-leaping with the reverse rate: x' ~ Cat(one_hot(x) + dt sigma(t) R(x, s)). t: `[B]`."""
+    total_noise, rate_noise = noise(t)
+    score = score_fn(x, total_noise)
+    rate = (dt * rate_noise)[:, None, None] * graph.reverse_rate(x, score)
+    return graph.sample_rate(key, x, rate, method=method)
+
+
+def analytic_step(graph, noise, score_fn: ScoreFn, key, x, t, dt, method="unbiased"):
+    """Tweedie tau-leaping (paper Eq. 19): probs = expm(-Delta Q) s  *  row x of expm(Delta Q),
+    Delta = sigma_bar(t) - sigma_bar(t - dt)."""
+    curr_sigma = noise(t)[0]
+    next_sigma = noise(t - dt)[0]
+    dsigma = curr_sigma - next_sigma
+    score = score_fn(x, curr_sigma)
+    probs = graph.staggered_score(score, dsigma) * graph.transp_transition(x, dsigma)
+    return categorical.sample_categorical(key, probs, method=method)
+
+
+def none_step(graph, noise, score_fn, key, x, t, dt, method="unbiased"):
+    del graph, noise, score_fn, key, t, dt, method
+    return x
+
+
+PREDICTOR_FNS = {"euler": euler_step, "analytic": analytic_step, "none": none_step}
+
+
+def denoise_step(graph, noise, score_fn: ScoreFn, key, x, t, method="unbiased"):
+    """The final Tweedie step from sigma_bar(t) to 0; for absorb the MASK column is dropped, so no MASK
+    survives. Samples (no argmax), as the reference."""
+    sigma = noise(t)[0]
+    score = score_fn(x, sigma)
+    probs = graph.staggered_score(score, sigma) * graph.transp_transition(x, sigma)
+    if graph.absorb:
+        probs = probs[..., :-1]
+    return categorical.sample_categorical(key, probs, method=method)
+
+
+# ------------------------------------------------------------------------------------------ projectors
+
+def _identity(x):
+    return x
+
+
+def get_infill_projector(positions, ids) -> ProjFn:
+    """proj_fun(x: int[B, L]) -> x with x[:, positions] = ids (the same for every row).
+
+    positions: `[K]` ints in [0, L) (distinct); ids: `[K]` token ids (numpy, list or a traced array).
+    """
+    positions = np.asarray(positions, np.int64).reshape(-1)
+    if len(np.unique(positions)) != len(positions):
+        raise ValueError(f"infill positions must be distinct, got {positions.tolist()}")
+    if (positions < 0).any():
+        raise ValueError(f"infill positions must be >= 0, got {positions.tolist()}")
+    if np.shape(ids) != positions.shape:
+        raise ValueError(f"infill ids {np.shape(ids)} and positions {positions.shape} differ in length")
+    if len(positions) == 0:
+        return _identity
+    max_position = int(positions.max())
+
+    def proj_fun(x):
+        if x.shape[-1] <= max_position:
+            raise ValueError(f"infill position {max_position} is outside sequences of length {x.shape[-1]}")
+        return x.at[..., positions].set(jnp.asarray(ids, x.dtype))
+
+    return proj_fun
+
+
+def prefix_suffix_positions(length: int, prefix_ids=None, suffix_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, ids) int32 `[K]` clamping `prefix_ids` at the start and `suffix_ids` at the end."""
+    prefix = _as_ids(prefix_ids, "prefix")
+    suffix = _as_ids(suffix_ids, "suffix")
+    if len(prefix) + len(suffix) > length:
+        raise ValueError(
+            f"prefix ({len(prefix)} tokens) + suffix ({len(suffix)} tokens) = {len(prefix) + len(suffix)} tokens do "
+            f"not fit in a sequence of length {length}; shorten the prefix or suffix")
+    positions = np.concatenate([np.arange(len(prefix)), np.arange(length - len(suffix), length)]).astype(np.int32)
+    return positions, np.concatenate([prefix, suffix]).astype(np.int32)
+
+
+def prefix_suffix_projector(length: int, prefix_ids=None, suffix_ids=None) -> ProjFn:
+    """Projector clamping `prefix_ids` at positions 0.. and `suffix_ids` at the last positions."""
+    return get_infill_projector(*prefix_suffix_positions(length, prefix_ids, suffix_ids))
+
+
+def _as_ids(ids, name: str) -> np.ndarray:
+    if ids is None:
+        return np.zeros((0,), np.int64)
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.zeros((0,), np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D sequence of token ids, got {ids!r:.80}")
+    return arr.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- sampler
+
+def _progress_printer(steps: int):
+    def report(i):
+        print(f"sampling step {int(i) + 1}/{steps}", file=sys.stderr, flush=True)
+    return report
+
+
+def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise: bool = True, eps: float = 1e-5,
+                   proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0):
+    """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function.
+
+    graph, noise: from `graphs.get_graph` / `noise.get_noise`; batch_dims: (B, L); predictor: "euler",
+    "analytic" or "none"; steps >= 1 predictor steps on `linspace(1, eps, steps + 1)`; denoise: finish
+    with the denoiser at t = eps; proj_fun: `int[B, L] -> int[B, L]` clamp (e.g. `get_infill_projector`);
+    method: categorical draw, "unbiased" or "reference"; progress_every: if > 0, print the step to stderr
+    every this many steps (a host callback).
+    """
+    predictor_fn = PREDICTOR_FNS[check_predictor(predictor)]
+    steps = check_steps(steps)
+    eps = _check_eps(eps)
+    categorical.check_method(method)
+    batch_dims = tuple(int(d) for d in batch_dims)
+    if len(batch_dims) != 2 or min(batch_dims) < 1:
+        raise ValueError(f"batch_dims must be (batch_size, length) with both >= 1, got {batch_dims}")
+    proj = proj_fun if proj_fun is not None else _identity
+    progress_every = int(progress_every)
+    report = _progress_printer(steps) if progress_every > 0 else None
+
+    def sampler(score_fn: ScoreFn, key: jax.Array) -> jax.Array:
+        timesteps = jnp.linspace(1.0, eps, steps + 1, dtype=jnp.float32)
+        dt = (1.0 - eps) / steps
+        x = graph.sample_limit(jax.random.fold_in(key, steps + 1), *batch_dims).astype(jnp.int32)
+
+        def body(x, i):
+            t = jnp.full(batch_dims[:1], timesteps[i], jnp.float32)
+            x = proj(x)
+            x = predictor_fn(graph, noise, score_fn, jax.random.fold_in(key, i), x, t, dt, method)
+            if report is not None:
+                jax.lax.cond((i + 1) % progress_every == 0, lambda: jax.debug.callback(report, i), lambda: None)
+            return x.astype(jnp.int32), None
+
+        x, _ = jax.lax.scan(body, x, jnp.arange(steps, dtype=jnp.int32))
+        if denoise:
+            x = proj(x)
+            t = jnp.full(batch_dims[:1], timesteps[-1], jnp.float32)
+            x = denoise_step(graph, noise, score_fn, jax.random.fold_in(key, steps), x, t, method)
+        return proj(x).astype(jnp.int32)
+
+    return sampler
+
+
+# ------------------------------------------------------------------------------ validated entry point
+
+class _IdentityKeyed:
+    """Wraps an unhashable callable so a jit cache can key on its identity."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __hash__(self):
+        return id(self.fn)
+
+    def __eq__(self, other):
+        return isinstance(other, _IdentityKeyed) and other.fn is self.fn
+
+
+def _as_pytree_score_fn(score_fn) -> jax.tree_util.Partial:
+    if isinstance(score_fn, jax.tree_util.Partial):
+        return score_fn
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x: int[B, L], sigma: float[B]) -> float[B, L, dim], got "
+                        f"{type(score_fn).__name__}")
+    try:
+        hash(score_fn)
+    except TypeError:
+        score_fn = _IdentityKeyed(score_fn)
+    return jax.tree_util.Partial(score_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "noise", "batch_dims", "predictor", "steps", "denoise", "eps",
+                                             "method", "positions", "progress_every"))
+def _sample_jit(score_fn, key, clamp_ids, *, graph, noise, batch_dims, predictor, steps, denoise, eps, method,
+                positions, progress_every):
+    proj = get_infill_projector(np.asarray(positions, np.int32), clamp_ids) if positions else None
+    sampler = get_pc_sampler(graph, noise, batch_dims, predictor, steps, denoise=denoise, eps=eps, proj_fun=proj,
+                             method=method, progress_every=progress_every)
+    return sampler(score_fn, key)
+
+
+def _as_key(key) -> jax.Array:
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    return key
+
+
+def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, length: int, steps: int,
+                     predictor: str = "analytic", prefix_ids=None, suffix_ids=None, *, denoise: bool = True,
+                     eps: float = 1e-5, method: str = "unbiased", positions=None, ids=None,
+                     progress_every: int = 0) -> np.ndarray:
+    """Samples `batch_size` sequences of `length` tokens: int32 numpy `[batch_size, length]`.
+
+    score_fn: `(x: int32[B, L], sigma: float32[B]) -> float[B, L, graph.dim]` positive ratios (a
+    `jax.tree_util.Partial` keeps its bound arguments, e.g. params, out of the compiled program).
+    key: a PRNG key or an int seed. prefix_ids / suffix_ids: token ids clamped at the start / end;
+    positions + ids: further tokens clamped at arbitrary positions. Repeated calls with the same shapes and
+    settings reuse one compiled sampler (prompt ids are traced, so new prompts of the same lengths do too).
+    """
+    check_predictor(predictor)
+    steps = check_steps(steps)
+    eps = _check_eps(eps)
+    categorical.check_method(method)
+    for name, value in (("batch_size", batch_size), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    clamp_positions, clamp_ids = prefix_suffix_positions(int(length), prefix_ids, suffix_ids)
+    if positions is not None or ids is not None:
+        extra_positions = _as_ids(positions, "positions")
+        extra_ids = _as_ids(ids, "ids")
+        if extra_positions.shape != extra_ids.shape:
+            raise ValueError(f"positions ({len(extra_positions)}) and ids ({len(extra_ids)}) differ in length")
+        if len(extra_positions) and (extra_positions.min() < 0 or extra_positions.max() >= length):
+            raise ValueError(f"positions must lie in [0, {length}), got {extra_positions.tolist()}")
+        clamp_positions = np.concatenate([clamp_positions, extra_positions]).astype(np.int32)
+        clamp_ids = np.concatenate([clamp_ids, extra_ids]).astype(np.int32)
+        if len(np.unique(clamp_positions)) != len(clamp_positions):
+            raise ValueError("positions overlap each other or the prefix/suffix; clamp each position once")
+    if len(clamp_ids) and (clamp_ids.min() < 0 or clamp_ids.max() >= graph.tokens):
+        bad = clamp_ids[(clamp_ids < 0) | (clamp_ids >= graph.tokens)]
+        raise ValueError(f"token ids {bad[:8].tolist()} are outside the vocabulary [0, {graph.tokens}) of the "
+                         "checkpoint's graph; tokenize the prompt with the checkpoint's tokenizer")
+    out = _sample_jit(_as_pytree_score_fn(score_fn), _as_key(key), jnp.asarray(clamp_ids, jnp.int32),
+                      graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
+                      steps=steps, denoise=bool(denoise), eps=eps, method=method,
+                      positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every))
+    return np.asarray(out, np.int32)
