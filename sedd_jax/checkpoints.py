@@ -63,16 +63,42 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def create_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
     t = config.training
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=int(t.snapshot_freq_for_preemption),
-        max_to_keep=int(t.keep_checkpoints),
-        keep_period=int(t.snapshot_freq),
-        create=not read_only,
-        read_only=read_only,
-        enable_async_checkpointing=True,
-    )
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    else:
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=int(t.snapshot_freq_for_preemption),
+            max_to_keep=int(t.keep_checkpoints),
+            keep_period=int(t.snapshot_freq),
+            create=True,
+            enable_async_checkpointing=True,
+        )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
                                  item_names=("state", "ema", "data"))
+
+
+class IteratorSnapshot:
+    """A data-iterator state frozen when the save starts (the asynchronous write must not see later
+    batches), handed to grain's checkpoint handler as JSON bytes."""
+
+    def __init__(self, iterator):
+        self._state = json.dumps(iterator.get_state()).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+class IteratorRestorer:
+    """Receives the JSON bytes grain's handler reads back and restores the wrapped iterator."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def set_state(self, state: bytes) -> None:
+        self.iterator.set_state(json.loads(state))
+
+    def start_prefetch(self) -> None:
+        pass
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, ema: Any, data_iter, force: bool = False) -> bool:

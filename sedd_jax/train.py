@@ -117,16 +117,6 @@ def _with_shardings(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-class _IteratorSnapshot:
-    """A data-iterator state frozen at save time (the asynchronous save must not see later batches)."""
-
-    def __init__(self, iterator):
-        self._state = iterator.get_state()
-
-    def get_state(self):
-        return self._state
-
-
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
@@ -234,7 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         saved_state, ema = checkpoints.restore(
             manager, latest, {k: v for k, v in abstract_state.items() if k != "ema"}, abstract_state["ema"],
-            bundle.train_iter)
+            checkpoints.IteratorRestorer(bundle.train_iter))
         state = dict(saved_state, ema=ema)
         _log(f"resumed {workdir} from step {latest}")
     sharding_report = parallel.check_sharded(state["params"], mesh)
@@ -311,7 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             stopping = watch.should_stop(manager, step)
             if is_snapshot or stopping or manager.should_save(step):
                 checkpoints.save(manager, step, {k: v for k, v in state.items() if k != "ema"}, state["ema"],
-                                 _IteratorSnapshot(bundle.train_iter), force=True)
+                                 checkpoints.IteratorSnapshot(bundle.train_iter), force=True)
             if is_snapshot and sampler is not None:
                 tokens = np.asarray(sampler(state["ema"], jax.random.fold_in(sample_key, step)))
                 _write_samples(workdir, step, tokens, bundle.tokenizer)
