@@ -19,6 +19,7 @@ setup(
         "sentencepiece>=0.2",
         "ml-collections>=0.1.1",
         "clu>=0.0.12",
+        "tensorboard>=2.17",  # clu's TensorBoard writer (tensorflow-cpu no longer pulls it in)
         "chex>=0.1.88",
         "grain>=0.2.2",
         "numpy>=1.26",

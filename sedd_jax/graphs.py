@@ -105,7 +105,6 @@ class Uniform(Graph):
     def transition(self, i: jax.Array, sigma: jax.Array) -> jax.Array:
         """Column i of expm(sigma Q): (1 - e^-sigma)/N off i, the rest of the mass at i. `[..., N]`."""
         off = (-jnp.expm1(-_per_token(sigma, i.ndim)) / self.dim)[..., None]
-        off = jnp.broadcast_to(off, i.shape + (self.dim,))
         i_hot = self.one_hot(i)
         return off * (1.0 - i_hot) + i_hot * (1.0 - (self.dim - 1) * off)
 

@@ -222,6 +222,7 @@ class Pretrained:
     noise: Any
     model: models.SEDD
     path: str
+    is_workdir: bool = False
 
     def __post_init__(self):
         apply = functools.partial(self.model.apply, train=False)
@@ -233,10 +234,37 @@ class Pretrained:
     def score(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         return jnp.exp(self.log_score(x, sigma).astype(jnp.float32))
 
-    def score_fn(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
-        """Traceable score function (for use inside a jitted sampler)."""
-        log_score = self.model.apply({"params": self.params}, x, sigma, train=False)
-        return jnp.exp(log_score.astype(jnp.float32))
+    @functools.cached_property
+    def tokenizer(self):
+        """The checkpoint's tokenizer: its config's `data.tokenizer` (official checkpoints: GPT-2, which
+        needs the network once; the error says what to pre-download), SentencePiece from a workdir."""
+        from sedd_jax.data import tokenizers
+
+        data = self.config.get("data") or {}
+        kind = data.get("tokenizer", "gpt2")
+        cache_dir = os.path.expanduser(data.get("cache_dir", None) or "~/tensorflow_datasets")
+        return tokenizers.build_tokenizer(kind, workdir=self.path if self.is_workdir else None, cache_dir=cache_dir,
+                                          sp_vocab_size=data.get("sp_vocab_size", None))
+
+    def sample(self, key, batch_size: int, steps: int, predictor: str = "analytic", prefix: str | None = None,
+               suffix: str | None = None, *, length: int | None = None, method: str = "unbiased",
+               progress_every: int = 0) -> tuple[np.ndarray, list[str]]:
+        """Samples `batch_size` sequences of `length` (default model.length) tokens, clamping the tokenized
+        `prefix` at the start and `suffix` at the end. Returns (ids int32 `[B, L]`, decoded texts)."""
+        from sedd_jax import sampling
+
+        encode = lambda text: self.tokenizer.encode(text) if text else None
+        prefix_ids, suffix_ids = encode(prefix), encode(suffix)
+        ids = sampling.sample_sequences(
+            jax.tree_util.Partial(functools.partial(_exp_score, self.model), self.params), self.graph, self.noise, key, batch_size,
+            int(length or self.config.model.length), steps, predictor, prefix_ids, suffix_ids, method=method,
+            progress_every=progress_every)
+        return ids, [self.tokenizer.decode(row.tolist()) for row in ids]
+
+
+def _exp_score(model: models.SEDD, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Positive ratios exp(log_score) `[B, L, V]` float32; params stay a traced argument."""
+    return jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
 
 
 def _describe_contents(path: str) -> str:
@@ -257,13 +285,15 @@ def load(path: str, compute_dtype: str = "float32") -> Pretrained:
                     f"load time): `huggingface-cli download {path} --local-dir {path.split('/')[-1]}`")
         raise FileNotFoundError(f"checkpoint directory {path!r} does not exist.{hint}")
     config_path = os.path.join(path, CONFIG_FILE)
-    if os.path.exists(config_path):
+    is_workdir = False
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        from sedd_jax import checkpoints
+        config, params = checkpoints.load_ema_params(path)
+        is_workdir = True
+    elif os.path.exists(config_path):
         with open(config_path) as f:
             converted = CONVERTED_MARKER in json.load(f)
         config, params = read_converted(path) if converted else read_official(path)
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
-        from sedd_jax import checkpoints
-        config, params = checkpoints.load_ema_params(path)
     else:
         raise FileNotFoundError(
             f"{path} is not a SEDD checkpoint: expected {CONFIG_FILE} with {TORCH_WEIGHTS} or "
@@ -271,4 +301,5 @@ def load(path: str, compute_dtype: str = "float32") -> Pretrained:
             f"or a training workdir with checkpoints/; found: {_describe_contents(path)}")
     params = jax.tree.map(jnp.asarray, params)
     return Pretrained(config=config, params=params, graph=graphs.get_graph(config.graph.type, config.tokens),
-                      noise=noise_from_config(config), model=models.get_model(config, compute_dtype), path=path)
+                      noise=noise_from_config(config), model=models.get_model(config, compute_dtype), path=path,
+                      is_workdir=is_workdir)

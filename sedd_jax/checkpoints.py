@@ -1,0 +1,162 @@
+"""Orbax checkpoints of a training run: save, resume, preemption, and EMA weights for sampling.
+
+Layout of a workdir:
+    workdir/config.json             the run's config (written once; a rerun must have the same shapes)
+    workdir/checkpoints/<step>/     state/ (params, opt_state, step, skipped), ema/ (EMA params),
+                                    data/ (per-host grain iterator state: process_<i>-of-<n>.json)
+
+Checkpoints are written asynchronously every `training.snapshot_freq_for_preemption` steps (the last
+`training.keep_checkpoints` are kept), and kept for good at multiples of `training.snapshot_freq`. Orbax
+writes each step to a temporary directory and renames it when complete, so an interrupted save never
+leaves a checkpoint that looks whole. Restoring takes the target shardings of the current mesh, so a run
+can resume on another mesh shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from sedd_jax import configs
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, CONFIG_FILE)
+
+
+def check_or_write_config(workdir: str, config) -> None:
+    """First run: writes workdir/config.json. Rerun: the checkpoint shapes must match, else ValueError
+    (nothing is touched)."""
+    path = config_path(workdir)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = ml_collections.ConfigDict(json.load(f))
+        old, new = configs.shape_fields(saved), configs.shape_fields(config)
+        diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+        if diff:
+            details = ", ".join(f"{k}: workdir has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{workdir} holds a run with another model shape ({details}); use a new --workdir "
+                             "or the workdir's own config")
+        return
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+        os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    with open(config_path(workdir)) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def create_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
+    t = config.training
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    else:
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=int(t.snapshot_freq_for_preemption),
+            max_to_keep=int(t.keep_checkpoints),
+            keep_period=int(t.snapshot_freq),
+            create=True,
+            enable_async_checkpointing=True,
+        )
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+                                 item_names=("state", "ema", "data"))
+
+
+class IteratorSnapshot:
+    """A data-iterator state frozen when the save starts (the asynchronous write must not see later
+    batches), handed to grain's checkpoint handler as JSON bytes."""
+
+    def __init__(self, iterator):
+        self._state = json.dumps(iterator.get_state()).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+class IteratorRestorer:
+    """Receives the JSON bytes grain's handler reads back and restores the wrapped iterator."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def set_state(self, state: bytes) -> None:
+        self.iterator.set_state(json.loads(state))
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict, ema: Any, data_iter, force: bool = False) -> bool:
+    """Saves (asynchronously) when the manager's policy says so, or always with `force`."""
+    import grain
+
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), ema=ocp.args.StandardSave(ema),
+                              data=grain.checkpoint.CheckpointSave(data_iter))
+    return manager.save(step, args=args, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, abstract_ema: Any, data_iter):
+    """Restores state and EMA onto the shardings carried by the abstract trees, and the iterator in place."""
+    import grain
+
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), ema=ocp.args.StandardRestore(abstract_ema),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored["state"], restored["ema"]
+
+
+def load_ema_params(workdir: str):
+    """(config, EMA params) of the latest checkpoint of a training workdir, for `pretrained.load`."""
+    from sedd_jax import models, pretrained
+
+    if not os.path.exists(config_path(workdir)):
+        raise FileNotFoundError(f"{workdir} has checkpoints/ but no {CONFIG_FILE}; it is not a sedd-jax workdir")
+    config = read_config(workdir)
+    manager = create_manager(workdir, config, read_only=True)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no complete checkpoint yet")
+    target = pretrained.abstract_params(models.get_model(config))
+    ema = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))["ema"]
+    manager.close()
+    return config, ema
+
+
+class PreemptionWatch:
+    """Turns SIGTERM (a preempted TPU VM, `kill`) into a flag the training loop polls between steps, so the
+    loop saves the current step and returns instead of dying mid-write. Multi-host runs rely on JAX's
+    preemption service instead (enabled by `jax.distributed.initialize()`), whose sync point makes every host
+    stop at the same step."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def should_stop(self, manager: ocp.CheckpointManager, step: int) -> bool:
+        if jax.process_count() > 1:
+            return manager.reached_preemption(step)
+        return self._event.is_set()

@@ -1,0 +1,148 @@
+"""Training configuration: the defaults every `configs/*.py` starts from, and `validate(config)`.
+
+Field names follow the reference's hydra config where one exists (reference §0.2).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sedd_jax import graphs, models, noise as noise_lib
+
+PREDICTORS = ("euler", "analytic", "none")
+
+# Logical parameter axis -> mesh axis (None = replicated); see sedd_jax.parallel.
+DEFAULT_RULES = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("modulation", "tensor"),
+    ("cond", None),
+    ("freq", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The reference recipe (OpenWebText, GPT-2 vocabulary, absorb + loglinear, small model)."""
+    c = ml_collections.ConfigDict()
+    c.tokens = 50257                      # vocabulary without MASK (GPT-2: 50257)
+
+    c.graph = ml_collections.ConfigDict()
+    c.graph.type = "absorb"               # "absorb" (with scale_by_sigma) or "uniform" (with geometric noise)
+
+    c.noise = ml_collections.ConfigDict()
+    c.noise.type = "loglinear"            # "loglinear" or "geometric"
+    c.noise.eps = 1e-3                    # loglinear: masking probability at t = 1 is 1 - eps
+    c.noise.sigma_min = 1e-4              # geometric only
+    c.noise.sigma_max = 20.0              # geometric only
+
+    c.model = models.model_config("small")
+    c.model.compute_dtype = "bfloat16"    # "float32" or "bfloat16" (the reference's autocast policy)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = "openwebtext"          # see docs/data.md for every dataset name
+    c.data.valid = "wikitext103"
+    c.data.tokenizer = "gpt2"             # "gpt2" | "sentencepiece" | "char"
+    c.data.files = ""                     # glob for data.train/valid = "files" (or a local text8/lambada file)
+    c.data.cache_dir = "~/tensorflow_datasets"  # TFDS data_dir / prepared data
+    c.data.sp_vocab_size = 4096           # SentencePiece vocabulary (tokenizer = "sentencepiece")
+    c.data.num_workers = 0                # grain worker processes (0 = in the training process)
+
+    c.training = ml_collections.ConfigDict()
+    c.training.batch_size = 512           # global batch (sequences per update, all hosts together)
+    c.training.accum = 1                  # gradient accumulation: micro-batches per update
+    c.training.n_iters = 400_000          # updates (the paper's OpenWebText models: 400k)
+    c.training.log_freq = 50              # steps between train-loss logs
+    c.training.eval_freq = 100            # steps between eval-loss logs (one eval batch, EMA weights)
+    c.training.snapshot_freq = 50_000     # steps between kept checkpoints (+ samples written)
+    c.training.snapshot_freq_for_preemption = 10_000  # steps between rolling checkpoints (resume points)
+    c.training.keep_checkpoints = 2       # rolling checkpoints kept (snapshot_freq multiples are always kept)
+    c.training.snapshot_sampling = True   # write samples to workdir/samples/ at snapshots
+    c.training.ema = 0.9999               # EMA decay (with the (1 + n) / (10 + n) warm-up)
+    c.training.seed = 0                   # one key per run; step keys are fold_in(key, step)
+    c.training.sampling_eps = 1e-3        # t ~ U[sampling_eps, 1] in the loss
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 512               # global eval batch
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = "AdamW"
+    c.optim.lr = 3e-4
+    c.optim.beta1 = 0.9
+    c.optim.beta2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.warmup = 2500                 # linear warm-up over this many updates, then constant
+    c.optim.grad_clip = 1.0               # global-norm clipping (<= 0 disables)
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.predictor = "euler"        # snapshot samples: "euler" | "analytic" | "none"
+    c.sampling.steps = 128
+    c.sampling.noise_removal = True       # final denoising step
+    c.sampling.batch_size = 4             # samples written per snapshot (process 0)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                      # -1 takes the devices left by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.rules = DEFAULT_RULES
+    return c
+
+
+def validate(config, device_count: int | None = None, process_count: int | None = None) -> None:
+    """Fails fast, before any compile, on combinations that cannot run. Messages name the fields to change."""
+    import jax
+
+    from sedd_jax import parallel
+
+    graphs.get_graph(config.graph.type, config.tokens)
+    noise_lib.get_noise(config.noise.type, eps=config.noise.eps, sigma_min=config.noise.sigma_min,
+                        sigma_max=config.noise.sigma_max)
+    models.validate_model_config(config)
+    models.compute_dtype_of(config.model.compute_dtype)
+    if config.optim.optimizer != "AdamW":
+        raise ValueError(f"optim.optimizer={config.optim.optimizer!r}: only 'AdamW' is implemented")
+    if config.sampling.predictor not in PREDICTORS:
+        raise ValueError(f"sampling.predictor={config.sampling.predictor!r}; choose one of {PREDICTORS}")
+    t = config.training
+    for name in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption",
+                 "batch_size", "accum", "keep_checkpoints"):
+        if int(t[name]) < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {t[name]}")
+    if not 0 <= t.ema < 1:
+        raise ValueError(f"training.ema must be in [0, 1), got {t.ema}")
+    if config.model.length < 2:
+        raise ValueError(f"model.length must be >= 2, got {config.model.length}")
+
+    shape = parallel.mesh_shape(config, device_count)
+    data_parallel = shape[0] * shape[1]
+    process_count = jax.process_count() if process_count is None else process_count
+    if t.batch_size % t.accum:
+        raise ValueError(f"training.batch_size={t.batch_size} is not divisible by training.accum={t.accum}")
+    micro = t.batch_size // t.accum
+    if micro % data_parallel:
+        raise ValueError(
+            f"the micro-batch training.batch_size / training.accum = {micro} is not divisible by the data-parallel "
+            f"size mesh.data x mesh.fsdp = {data_parallel}; change --config.training.batch_size, "
+            "--config.training.accum or the mesh")
+    if t.batch_size % process_count:
+        raise ValueError(f"training.batch_size={t.batch_size} is not divisible by the {process_count} hosts")
+    if config.eval.batch_size % data_parallel or config.eval.batch_size % process_count:
+        raise ValueError(f"eval.batch_size={config.eval.batch_size} must be divisible by the data-parallel size "
+                         f"{data_parallel} and the {process_count} hosts")
+    if config.training.snapshot_sampling and config.sampling.batch_size < 1:
+        raise ValueError("sampling.batch_size must be >= 1 when training.snapshot_sampling is on")
+
+
+# Fields that fix the shapes of a checkpoint: a workdir trained with other values cannot be resumed.
+SHAPE_FIELDS = ("tokens", "graph.type", "model.hidden_size", "model.n_heads", "model.n_blocks", "model.cond_dim")
+
+
+def shape_fields(config) -> dict:
+    def get(path):
+        node = config
+        for part in path.split("."):
+            node = node[part]
+        return node
+    return {path: get(path) for path in SHAPE_FIELDS}

@@ -1,0 +1,314 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One jit-compiled train step with explicit in/out shardings and donated state over the (data, fsdp, tensor)
+mesh, compiled ahead of the loop; AdamW with linear warm-up and global-norm clipping, EMA with the
+reference's (1 + n) / (10 + n) warm-up, gradient accumulation, non-finite updates skipped and counted
+(reference §4.3-4.6). The loss, step and eval functions are pure and closed over with the config; side
+effects (data, checkpoints, metrics, samples) live only in the loop.
+
+Workdir outputs: checkpoints/ (see sedd_jax.checkpoints), metrics.jsonl (one JSON object per logged step:
+step, train_loss in nats per token, and at eval steps eval_loss and eval_ppl_bound), TensorBoard events,
+samples/iter_<step>.txt.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sedd_jax import checkpoints, configs, graphs, losses, models, parallel, pretrained
+
+TrainState = dict  # {"step": int32[], "params", "opt_state", "ema", "skipped": int32[]}
+
+
+# ------------------------------------------------------------------------------------- pure pieces
+
+def learning_rate_schedule(config):
+    """lr_k = lr * min((k + 1) / warmup, 1) for the k-th update (0-based), constant afterwards (§4.4)."""
+    lr, warmup = float(config.optim.lr), max(int(config.optim.warmup), 1)
+    return lambda count: lr * jnp.minimum((count + 1) / warmup, 1.0)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    adamw = optax.adamw(learning_rate_schedule(config), b1=o.beta1, b2=o.beta2, eps=o.eps,
+                        weight_decay=o.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
+
+
+def ema_decay(config, num_updates: jax.Array) -> jax.Array:
+    """min(ema, (1 + n) / (10 + n)) with n the number of updates including this one (first: 2/11)."""
+    n = num_updates.astype(jnp.float32)
+    return jnp.minimum(config.training.ema, (1 + n) / (10 + n))
+
+
+def make_train_step(config, model, loss_fn, optimizer, mesh):
+    """train_step(state, batch int32[B, L], key) -> (state, metrics) for one optimizer update."""
+    accum, length = int(config.training.accum), int(config.model.length)
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, parallel.BATCH_AXES))
+
+    def micro_loss(params, x0, key):
+        loss_key, dropout_key = jax.random.split(key)
+        log_score_fn = lambda x, sigma: model.apply({"params": params}, x, sigma, train=True,
+                                                    rngs={"dropout": dropout_key})
+        return loss_fn(log_score_fn, loss_key, x0).mean()
+
+    grad_fn = jax.value_and_grad(micro_loss)
+
+    def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
+        key = jax.random.fold_in(key, state["step"])
+        params = state["params"]
+        # Micro-batch a takes rows a, a + accum, ...: every device keeps an equal share of every micro-batch.
+        micro = batch.reshape(batch.shape[0] // accum, accum, batch.shape[1]).swapaxes(0, 1)
+        micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+        def accumulate(carry, inputs):
+            loss_sum, grad_sum = carry
+            x0, index = inputs
+            loss, grads = grad_fn(params, x0, jax.random.fold_in(key, index))
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                        (micro, jnp.arange(accum)))
+        loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        params = keep_if_finite(optax.apply_updates(params, updates), params)
+        opt_state = keep_if_finite(opt_state, state["opt_state"])
+        decay = ema_decay(config, state["step"] + 1)
+        ema = jax.tree.map(lambda e, p: e - (1 - decay) * (e - p), state["ema"], params)
+        new_state = dict(step=state["step"] + 1, params=params, opt_state=opt_state, ema=ema,
+                         skipped=state["skipped"] + (~finite).astype(jnp.int32))
+        metrics = dict(train_loss=loss / length, grad_norm=grad_norm,
+                       learning_rate=learning_rate_schedule(config)(state["step"]))
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(config, model, loss_fn):
+    """eval_step(ema_params, batch int32[B, L], key) -> mean DWDSE nats per token (eval mode)."""
+    length = int(config.model.length)
+
+    def eval_step(params, batch, key):
+        log_score_fn = lambda x, sigma: model.apply({"params": params}, x, sigma, train=False)
+        return loss_fn(log_score_fn, key, batch).mean() / length
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------------------- the loop
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _format_bytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _report_memory(compiled, what: str) -> None:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return
+    needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+              - analysis.alias_size_in_bytes)
+    _log(f"[{what}] per-device memory: arguments {_format_bytes(analysis.argument_size_in_bytes)}, "
+         f"outputs {_format_bytes(analysis.output_size_in_bytes)}, temporaries "
+         f"{_format_bytes(analysis.temp_size_in_bytes)}, total ~{_format_bytes(needed)}")
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    if limit and needed > limit:
+        raise MemoryError(
+            f"the {what} needs ~{_format_bytes(needed)} per device but {_format_bytes(limit)} is available; "
+            "shard more (--config.mesh.fsdp), accumulate (--config.training.accum) or shrink the batch")
+
+
+class _MetricsLog:
+    """metrics.jsonl + TensorBoard (clu) on process 0."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from clu import metric_writers
+
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+        self._writer.write_scalars(step, scalars)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._writer.flush()
+            self._writer.close()
+
+
+def _write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    path = os.path.join(workdir, "samples", f"iter_{step}.txt")
+    with open(path + ".tmp", "w") as f:
+        for i, row in enumerate(tokens):
+            f.write(f"=== sample {i} ===\n{tokenizer.decode([int(t) for t in row])}\n")
+    os.replace(path + ".tmp", path)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+    from sedd_jax import data, sampling
+
+    configs.validate(config)
+    mesh = parallel.create_mesh(config)
+    checkpoints.check_or_write_config(workdir, config)
+    bundle = data.create_datasets(config, workdir)
+
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    noise = pretrained.noise_from_config(config)
+    model = models.get_model(config, config.model.compute_dtype)
+    optimizer = create_optimizer(config)
+    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    length = int(config.model.length)
+
+    # Shardings from logical axis names, before anything is allocated.
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.float32))
+    boxed = jax.eval_shape(lambda k: model.init(k, *dummy)["params"], jax.random.key(0))
+    param_shardings = parallel.param_shardings(boxed, mesh, parallel.logical_rules(config))
+    replicated = parallel.replicated(mesh)
+
+    def init_state(key) -> TrainState:
+        params = flax.core.meta.unbox(model.init(key, *dummy)["params"])
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    ema=jax.tree.map(jnp.copy, params), skipped=jnp.zeros((), jnp.int32))
+
+    base_key = jax.random.key(int(config.training.seed))
+    init_key, train_key, eval_key, sample_key = jax.random.split(base_key, 4)
+    abstract_state = jax.eval_shape(init_state, init_key)
+    state_shardings = dict(
+        step=replicated, params=param_shardings, ema=param_shardings, skipped=replicated,
+        opt_state=optax.tree_map_params(optimizer, lambda _, s: s, abstract_state["opt_state"], param_shardings,
+                                        transform_non_params=lambda _: replicated))
+    abstract_state = _with_shardings(abstract_state, state_shardings)
+
+    manager = checkpoints.create_manager(workdir, config)
+    latest = manager.latest_step()
+    if latest is None:
+        state = jax.jit(init_state, out_shardings=state_shardings)(init_key)
+        _log(f"initialised a new run in {workdir}")
+    else:
+        saved_state, ema = checkpoints.restore(
+            manager, latest, {k: v for k, v in abstract_state.items() if k != "ema"}, abstract_state["ema"],
+            checkpoints.IteratorRestorer(bundle.train_iter))
+        state = dict(saved_state, ema=ema)
+        _log(f"resumed {workdir} from step {latest}")
+    sharding_report = parallel.check_sharded(state["params"], mesh)
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    _log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; per-device parameter share "
+         f"{sharding_report['ratio']:.3f}")
+
+    batch_sharding = parallel.batch_sharding(mesh)
+    batch_shape = jax.ShapeDtypeStruct((config.training.batch_size, length), jnp.int32, sharding=batch_sharding)
+    key_shape = jax.ShapeDtypeStruct(train_key.shape, train_key.dtype, sharding=replicated)
+    started = time.time()
+    train_step = jax.jit(make_train_step(config, model, loss_fn, optimizer, mesh),
+                         in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    train_step = train_step.lower(abstract_state, batch_shape, key_shape).compile()
+    _report_memory(train_step, "train step")
+    eval_step = jax.jit(make_eval_step(config, model, loss_fn),
+                        in_shardings=(param_shardings, batch_sharding, replicated), out_shardings=replicated)
+    eval_step = eval_step.lower(
+        abstract_state["ema"],
+        jax.ShapeDtypeStruct((config.eval.batch_size, length), jnp.int32, sharding=batch_sharding),
+        key_shape).compile()
+    _log(f"compiled train and eval steps in {time.time() - started:.1f}s")
+
+    sampler = None
+    if config.training.snapshot_sampling:
+        pc_sampler = sampling.get_pc_sampler(
+            graph, noise, (config.sampling.batch_size, length), config.sampling.predictor, config.sampling.steps,
+            denoise=config.sampling.noise_removal)
+
+        @functools.partial(jax.jit, out_shardings=replicated)
+        def sampler(params, key):
+            score_fn = lambda x, sigma: jnp.exp(
+                model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
+            return pc_sampler(score_fn, key)
+
+    metrics_log = _MetricsLog(workdir)
+    n_iters, t = int(config.training.n_iters), config.training
+    step = int(state["step"])
+    pending: list[dict] = []
+    window_start, window_step = time.time(), step
+    last: dict = {}
+    with checkpoints.PreemptionWatch() as watch:
+        while step < n_iters:
+            batch = parallel.global_batch(next(bundle.train_iter), mesh)
+            state, metrics = train_step(state, batch, train_key)
+            step += 1
+            pending.append(metrics)
+            scalars: dict[str, Any] = {}
+            if step % t.log_freq == 0 or step == n_iters:
+                means = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+                pending = []
+                scalars.update({k: float(v) for k, v in means.items()})
+                scalars["skipped_updates"] = int(state["skipped"])
+                elapsed = time.time() - window_start
+                steps_per_s = (step - window_step) / max(elapsed, 1e-9)
+                scalars["steps_per_sec"] = steps_per_s
+                scalars["tokens_per_sec"] = steps_per_s * t.batch_size * length
+                window_start, window_step = time.time(), step
+                eta = (n_iters - step) / max(steps_per_s, 1e-9)
+                _log(f"step {step}/{n_iters} | train_loss {scalars['train_loss']:.4f} nats/token | "
+                     f"{steps_per_s:.2f} steps/s | {scalars['tokens_per_sec']:,.0f} tokens/s | "
+                     f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+            if step % t.eval_freq == 0 or step == n_iters:
+                eval_batch = parallel.global_batch(next(bundle.eval_iter), mesh)
+                eval_loss = float(eval_step(state["ema"], eval_batch, jax.random.fold_in(eval_key, step)))
+                scalars.update(eval_loss=eval_loss, eval_ppl_bound=math.exp(min(eval_loss, 700.0)))
+                _log(f"step {step} | eval_loss {eval_loss:.4f} nats/token | perplexity <= "
+                     f"{scalars['eval_ppl_bound']:.2f}")
+            if scalars:
+                metrics_log.write(step, scalars)
+                last = {"step": step, **scalars}
+            is_snapshot = step % t.snapshot_freq == 0 or step == n_iters
+            stopping = watch.should_stop(manager, step)
+            if is_snapshot or stopping or manager.should_save(step):
+                checkpoints.save(manager, step, {k: v for k, v in state.items() if k != "ema"}, state["ema"],
+                                 checkpoints.IteratorSnapshot(bundle.train_iter), force=True)
+            if is_snapshot and sampler is not None:
+                tokens = np.asarray(sampler(state["ema"], jax.random.fold_in(sample_key, step)))
+                _write_samples(workdir, step, tokens, bundle.tokenizer)
+            if stopping:
+                _log(f"preemption signal: saved step {step}, exiting")
+                break
+    manager.wait_until_finished()
+    manager.close()
+    metrics_log.close()
+    return last

@@ -1,0 +1,106 @@
+"""DWDSE loss: reference parity, the exact-score identity, and the value at initialisation."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sedd_jax import graphs, losses, models, noise, pretrained
+from tests import closed_form
+from tests.conftest import TINY_CHECKPOINT
+
+
+def test_loss_matches_reference(parity):
+    model = pretrained.load(TINY_CHECKPOINT)
+    loss_fn = losses.get_loss_fn(model.noise, model.graph, train=False)
+    loss = loss_fn(model.log_score, jax.random.key(0), parity["x0"], t=parity["t"], perturbed_batch=parity["xt"])
+    assert loss.shape == (4,) and loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, parity["loss"], rtol=1e-5)
+
+
+def test_sampled_times_and_perturbation():
+    graph, sched = graphs.get_graph("absorb", 7), noise.get_noise("loglinear")
+    loss_fn = losses.get_loss_fn(sched, graph, train=True, sampling_eps=0.2)
+    seen = {}
+
+    def spy(x, sigma):
+        seen["x"], seen["sigma"] = x, sigma
+        return jnp.zeros(x.shape + (graph.dim,))
+
+    x0 = jnp.zeros((4000, 16), jnp.int32)
+    loss_fn(spy, jax.random.key(1), x0)
+    t = 1 - np.exp(-np.asarray(seen["sigma"]))  # loglinear: masking probability (1 - eps) t
+    t = t / (1 - 1e-3)
+    assert t.min() >= 0.2 - 1e-5 and t.max() <= 1 + 1e-5
+    assert abs(t.mean() - 0.6) < 0.02  # U[0.2, 1]
+    masked = (np.asarray(seen["x"]) == graph.mask_id).mean(axis=1)
+    np.testing.assert_allclose(masked.mean(), ((1 - 1e-3) * t).mean(), atol=0.01)
+    # Rows are perturbed independently.
+    assert len({tuple(r) for r in np.asarray(seen["x"][:50])}) >= 45  # (fully masked rows may coincide)
+
+
+@pytest.mark.parametrize("graph_type, sched", [
+    ("absorb", noise.get_noise("loglinear", eps=1e-3)),
+    ("uniform", noise.get_noise("geometric", sigma_min=1e-4, sigma_max=20.0)),
+])
+def test_exact_score_loss_equals_negative_log_likelihood(graph_type, sched):
+    """With the true concrete score, E[DWDSE] + KL(p_T|0 || p_T) = -log p0(x0) (the bound is tight)."""
+    graph = graphs.get_graph(graph_type, 3)
+    seqs, probs = closed_form.random_distribution(tokens=3, length=3, seed=7, concentration=1.0)
+    log_score_fn = closed_form.exact_log_score_fn(graph, seqs, probs)
+    loss_fn = jax.jit(lambda key, x0: losses.get_loss_fn(sched, graph, train=False, sampling_eps=1e-5)(
+        log_score_fn, key, x0))
+    draws = 40_000
+    for index in (int(np.argmax(probs)), int(np.argmin(probs))):
+        x0 = np.asarray(seqs[index])
+        values = np.concatenate([np.asarray(loss_fn(jax.random.key(k), jnp.tile(x0, (draws // 4, 1))))
+                                 for k in range(4)])
+        # Prior term, exact: sum over all x_T of p_T|0(x_T | x0) log(p_T|0(x_T | x0) / p_T(x_T)).
+        total_noise = float(sched(1.0)[0])
+        states = np.array(np.meshgrid(*[np.arange(graph.dim)] * 3, indexing="ij")).reshape(3, -1).T
+        kernel = closed_form.expm_rate(graph, total_noise)  # [dim, dim], column = from-state
+        cond = np.prod(kernel[states, x0[None]], axis=1)
+        marg = (probs[None] * np.prod(kernel[states[:, None, :], seqs[None]], axis=2)).sum(1)
+        keep = cond > 0
+        prior_kl = float((cond[keep] * np.log(cond[keep] / marg[keep])).sum())
+        estimate = values.mean() + prior_kl
+        stderr = values.std() / np.sqrt(values.size)
+        assert abs(estimate + np.log(probs[index])) < 4 * stderr + 2e-3, (
+            estimate, -np.log(probs[index]), stderr)
+
+
+def test_fresh_absorb_model_loss_is_log_vocab_per_position():
+    """Zero output layer: each masked position costs ln(N)/t, so E[loss] = (1 - eps) ln(N) L per sequence."""
+    tokens, length, eps = 50, 32, 1e-3
+    config = ml_collections.ConfigDict(dict(tokens=tokens, graph=dict(type="absorb"), model=dict(
+        hidden_size=32, n_heads=2, n_blocks=1, cond_dim=16, length=length, dropout=0.0, scale_by_sigma=True)))
+    model = models.get_model(config)
+    params = flax.core.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32), jnp.ones((1,))))
+    graph, sched = graphs.get_graph("absorb", tokens), noise.get_noise("loglinear", eps=eps)
+    loss_fn = losses.get_loss_fn(sched, graph, train=False)
+    # Parameters go in as a jit argument: closing over the all-zero output layer as a constant triggers an
+    # XLA:CPU miscompile (garbage outputs for batches >= 128) in jaxlib 0.10.2.
+    batched_loss = jax.jit(lambda params, key, x0, t, xt: loss_fn(
+        lambda x, sigma: model.apply(params, x, sigma), key, x0, t, xt))
+    x0 = jax.random.randint(jax.random.key(1), (4096, length), 0, tokens)
+    t = jax.random.uniform(jax.random.key(2), (4096,), minval=1e-3, maxval=1.0)
+    xt = jax.vmap(graph.sample_transition)(jax.random.split(jax.random.key(3), 4096), x0, sched(t)[0])
+    loss = np.asarray(batched_loss(params, jax.random.key(4), x0, t, xt))
+    masked = (np.asarray(xt) == graph.mask_id).sum(1)
+    # Per sample, exactly: loss = ln(N) * (#masked) / t.
+    np.testing.assert_allclose(loss, np.log(tokens) * masked / np.asarray(t), rtol=1e-4)
+    # On average over t ~ U[eps, 1] and masks: (1 - eps) ln(N) L.
+    stratified = np.asarray(batched_loss(params, jax.random.key(5), x0, jnp.linspace(0.02, 1.0, 4096), None))
+    ratio = stratified.mean() / ((1 - eps) * np.log(tokens) * length)
+    assert abs(ratio - 1) < 0.02, ratio
+
+
+def test_bad_shapes():
+    graph, sched = graphs.get_graph("absorb", 7), noise.get_noise("loglinear")
+    loss_fn = losses.get_loss_fn(sched, graph, train=False)
+    with pytest.raises(AssertionError):
+        loss_fn(lambda x, s: jnp.zeros(x.shape + (graph.dim,)), jax.random.key(0), jnp.zeros((8,), jnp.int32))
+    with pytest.raises(AssertionError):  # a score function with the wrong vocabulary
+        loss_fn(lambda x, s: jnp.zeros(x.shape + (7,)), jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
