@@ -375,3 +375,22 @@ def test_shared_sigma_score_matches_per_row_score():
         xs = x if graph_type == "absorb" else jnp.minimum(x, TOKENS - 1)
         shared, per_row = (jax.jit(es.exact_score_fn(graph_type, P0, shared_sigma=s)) for s in (True, False))
         np.testing.assert_allclose(shared(xs, sigma), per_row(xs, sigma), rtol=1e-5)
+
+
+def _scaled_exact_score(graph_type, scale, x, sigma):
+    return scale * es.exact_score_fn(graph_type, P0, shared_sigma=True)(x, sigma)
+
+
+def test_fresh_partials_hit_the_cache():
+    """Pretrained.sample builds `Partial(functools.partial(f, model), params)` on every call; the compiled
+    sampler must still be reused (the bound arrays are traced arguments)."""
+    graph, noise = graphs.get_graph("absorb", TOKENS), CONFIGS["absorb-loglinear"][1]
+
+    def run(scale):
+        fn = jax.tree_util.Partial(functools.partial(_scaled_exact_score, "absorb"), jnp.float32(scale))
+        return sampling.sample_sequences(fn, graph, noise, KEY(0), 4, LENGTH, 3)
+
+    run(1.0)
+    size = sampling._sample_jit._cache_size()
+    run(2.0)
+    assert sampling._sample_jit._cache_size() == size
