@@ -313,4 +313,7 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
                       graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
                       steps=steps, denoise=bool(denoise), eps=eps, method=method,
                       positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every))
-    return np.asarray(out, np.int32)
+    out = np.asarray(out, np.int32)
+    if progress_every:
+        jax.effects_barrier()  # flush the progress callbacks before returning
+    return out
