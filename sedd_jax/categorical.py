@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 METHODS = ("unbiased", "reference")
 
+FLAT_RACE_MAX = 4  # up to this many categories "unbiased" races flat, above it in two levels
 _TWO_M24 = 2.0**-24
 _TWO_M48 = 2.0**-48
 
@@ -100,6 +101,10 @@ def sample_categorical(key: jax.Array, probs: jax.Array, method: str = "unbiased
         noise = exponential_noise(key, probs.shape, method)
         return jnp.argmax(probs / noise, axis=-1).astype(jnp.int32)
     k = probs.shape[-1]
+    if k <= FLAT_RACE_MAX:  # a flat race draws no more exponentials than the two-level one
+        noise = exponential_noise(key, probs.shape, method)
+        index = _race(jnp.where(probs > 0, probs, 0.0), noise)
+        return jnp.where(jnp.max(probs, axis=-1) > 0, index, jnp.argmax(probs, axis=-1)).astype(jnp.int32)
     size = block_size(k)
     blocks = -(-k // size)
     positive = jnp.where(probs > 0, probs, 0.0)

@@ -209,33 +209,53 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
 
 # ------------------------------------------------------------------------------ validated entry point
 
-class _IdentityKeyed:
-    """Wraps an unhashable callable so a jit cache can key on its identity."""
+def _callable_key(fn):
+    """What a jit cache should key a score function on: functools.partial objects (which compare by
+    identity) by their function and hashable arguments, other hashable callables by themselves, the rest by
+    identity."""
+    if type(fn).__name__ == "_HashableCallableShim" and hasattr(fn, "fun"):
+        fn = fn.fun  # jax.tree_util.Partial wraps a functools.partial func in this identity-keyed shim
+    if isinstance(fn, functools.partial):
+        try:
+            key = ("partial", _callable_key(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+            hash(key)
+            return key
+        except TypeError:
+            pass
+    try:
+        hash(fn)
+        return ("callable", fn)
+    except TypeError:
+        return ("id", id(fn))
+
+
+class _CacheKeyed:
+    """A callable compared and hashed by `_callable_key`, so that e.g. `Partial(partial(f, model), params)`
+    built afresh on every call still hits the compiled sampler. Holds `fn`, so an id key is never reused."""
 
     def __init__(self, fn):
         self.fn = fn
+        self.key = _callable_key(fn)
 
-    def __call__(self, *args):
-        return self.fn(*args)
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
 
     def __hash__(self):
-        return id(self.fn)
+        return hash(self.key)
 
     def __eq__(self, other):
-        return isinstance(other, _IdentityKeyed) and other.fn is self.fn
+        return isinstance(other, _CacheKeyed) and (other.fn is self.fn or other.key == self.key)
 
 
 def _as_pytree_score_fn(score_fn) -> jax.tree_util.Partial:
+    """score_fn as a pytree: the bound arguments of a `jax.tree_util.Partial` (e.g. params) are traced leaves,
+    the function is static and keyed by `_callable_key`."""
     if isinstance(score_fn, jax.tree_util.Partial):
-        return score_fn
+        return jax.tree_util.Partial(_CacheKeyed(score_fn.func), *score_fn.args, **score_fn.keywords)
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x: int[B, L], sigma: float[B]) -> float[B, L, dim], got "
                         f"{type(score_fn).__name__}")
-    try:
-        hash(score_fn)
-    except TypeError:
-        score_fn = _IdentityKeyed(score_fn)
-    return jax.tree_util.Partial(score_fn)
+    return jax.tree_util.Partial(_CacheKeyed(score_fn))
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "noise", "batch_dims", "predictor", "steps", "denoise", "eps",
@@ -293,4 +313,7 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
                       graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
                       steps=steps, denoise=bool(denoise), eps=eps, method=method,
                       positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every))
-    return np.asarray(out, np.int32)
+    out = np.asarray(out, np.int32)
+    if progress_every:
+        jax.effects_barrier()  # flush the progress callbacks before returning
+    return out

@@ -18,7 +18,7 @@ API (`xp` is numpy or jax.numpy; the numpy path runs in float64):
   kernel(graph_type, tokens, sigma, xp) -> [B, dim, N] for sigma [B]
   marginal(graph_type, p0, sigma, xp) -> p_t [B, dim**L] (flattened, row-major)
   scores(graph_type, p0, x, sigma, xp) -> [B, L, dim]
-  exact_score_fn(graph_type, p0) -> jittable score_fn(x: int[B, L], sigma: float[B]) -> float32[B, L, dim]
+  exact_score_fn(graph_type, p0, shared_sigma=False) -> jittable score_fn(x: int[B, L], sigma: float[B]) -> float32[B, L, dim]
   exact_log_score_fn(graph_type, p0) -> log of the above (the model's convention; entry at x_l is 0)
 """
 
@@ -81,26 +81,38 @@ def marginal(graph_type: str, p0, sigma, xp=np):
     return p.reshape(trans.shape[0], -1)
 
 
-def scores(graph_type: str, p0, x, sigma, xp=np):
-    """Concrete score `[B, L, dim]`: p_t(x with x_l := y) / p_t(x)."""
-    tokens, length = p0.shape[0], p0.ndim
-    dim = dim_of(graph_type, tokens)
-    p_t = marginal(graph_type, p0, sigma, xp)
-    x = xp.asarray(x)
+def _gather_ratios(p_t, x, dim: int, xp):
+    """p_t `[B or 1, dim**L]`, x `[B, L]` -> p_t(x with x_l := y) / p_t(x) `[B, L, dim]`."""
+    length = x.shape[-1]
     strides = xp.asarray(dim ** np.arange(length - 1, -1, -1))
     index = (x * strides).sum(-1)                                            # [B]
     changed = (index[:, None, None] - (x * strides)[:, :, None]
                + xp.arange(dim)[None, None, :] * strides[None, :, None])     # [B, L, dim]
+    p_t = xp.broadcast_to(p_t, (x.shape[0], p_t.shape[-1]))
     numer = xp.take_along_axis(p_t, changed.reshape(x.shape[0], -1), axis=1).reshape(changed.shape)
     denom = xp.take_along_axis(p_t, index[:, None], axis=1)[:, :, None]
     return numer / xp.where(denom > 0, denom, 1.0)
 
 
-def exact_score_fn(graph_type: str, p0):
-    """score_fn(x: int[B, L], sigma: float[B]) -> float32[B, L, dim] (jittable)."""
+def scores(graph_type: str, p0, x, sigma, xp=np):
+    """Concrete score `[B, L, dim]`: p_t(x with x_l := y) / p_t(x), one noise level per row."""
+    dim = dim_of(graph_type, p0.shape[0])
+    return _gather_ratios(marginal(graph_type, p0, sigma, xp), xp.asarray(x), dim, xp)
+
+
+def exact_score_fn(graph_type: str, p0, shared_sigma: bool = False):
+    """score_fn(x: int[B, L], sigma: float[B]) -> float32[B, L, dim] (jittable).
+
+    shared_sigma=True computes the marginal once from sigma[0] (valid for samplers, where every row is at
+    the same time; ~B times cheaper)."""
     p0 = np.asarray(p0, np.float32)
+    dim = dim_of(graph_type, p0.shape[0])
 
     def score_fn(x, sigma):
+        sigma = jnp.asarray(sigma, jnp.float32).reshape(-1)
+        if shared_sigma:
+            p_t = marginal(graph_type, p0, sigma[:1], jnp)
+            return _gather_ratios(p_t, jnp.asarray(x), dim, jnp).astype(jnp.float32)
         return scores(graph_type, p0, x, sigma, jnp).astype(jnp.float32)
 
     return score_fn
