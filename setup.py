@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # Tests: everything runs on CPU, offline. No torch: checkpoints are read with a safe unpickler.
-        "test": ["pytest>=8", "scipy>=1.11"],
+        "test": ["pytest>=8", "scipy>=1.11", "tiktoken>=0.7"],
         # GPT-2 BPE tokenizer for OpenWebText training and the official checkpoints (downloads once).
         "gpt2": ["tiktoken>=0.7"],
     },
