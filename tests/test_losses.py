@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sedd_jax import graphs, losses, models, noise, pretrained
-from tests import closed_form
+from tests import exact_scores
 from tests.conftest import TINY_CHECKPOINT
 
 
@@ -48,27 +48,27 @@ def test_sampled_times_and_perturbation():
 def test_exact_score_loss_equals_negative_log_likelihood(graph_type, sched):
     """With the true concrete score, E[DWDSE] + KL(p_T|0 || p_T) = -log p0(x0) (the bound is tight)."""
     graph = graphs.get_graph(graph_type, 3)
-    seqs, probs = closed_form.random_distribution(tokens=3, length=3, seed=7, concentration=1.0)
-    log_score_fn = closed_form.exact_log_score_fn(graph, seqs, probs)
+    p0 = exact_scores.random_joint(tokens=3, length=3, seed=7, concentration=1.0)
+    log_score_fn = exact_scores.exact_log_score_fn(graph_type, p0)
     loss_fn = jax.jit(lambda key, x0: losses.get_loss_fn(sched, graph, train=False, sampling_eps=1e-5)(
         log_score_fn, key, x0))
+    total_noise = float(sched(1.0)[0])
+    p_final = exact_scores.marginal(graph_type, p0, [total_noise])[0]
     draws = 40_000
-    for index in (int(np.argmax(probs)), int(np.argmin(probs))):
-        x0 = np.asarray(seqs[index])
+    for flat_index in (int(np.argmax(p0)), int(np.argmin(p0))):
+        x0 = np.array(np.unravel_index(flat_index, p0.shape), np.int32)
         values = np.concatenate([np.asarray(loss_fn(jax.random.key(k), jnp.tile(x0, (draws // 4, 1))))
                                  for k in range(4)])
         # Prior term, exact: sum over all x_T of p_T|0(x_T | x0) log(p_T|0(x_T | x0) / p_T(x_T)).
-        total_noise = float(sched(1.0)[0])
-        states = np.array(np.meshgrid(*[np.arange(graph.dim)] * 3, indexing="ij")).reshape(3, -1).T
-        kernel = closed_form.expm_rate(graph, total_noise)  # [dim, dim], column = from-state
-        cond = np.prod(kernel[states, x0[None]], axis=1)
-        marg = (probs[None] * np.prod(kernel[states[:, None, :], seqs[None]], axis=2)).sum(1)
-        keep = cond > 0
-        prior_kl = float((cond[keep] * np.log(cond[keep] / marg[keep])).sum())
+        point_mass = np.zeros_like(p0)
+        point_mass[tuple(x0)] = 1.0
+        p_cond = exact_scores.marginal(graph_type, point_mass, [total_noise])[0]
+        keep = p_cond > 0
+        prior_kl = float((p_cond[keep] * np.log(p_cond[keep] / p_final[keep])).sum())
         estimate = values.mean() + prior_kl
         stderr = values.std() / np.sqrt(values.size)
-        assert abs(estimate + np.log(probs[index])) < 4 * stderr + 2e-3, (
-            estimate, -np.log(probs[index]), stderr)
+        nll = -np.log(p0.reshape(-1)[flat_index])
+        assert abs(estimate - nll) < 4 * stderr + 2e-3, (estimate, nll, stderr)
 
 
 def test_fresh_absorb_model_loss_is_log_vocab_per_position():
