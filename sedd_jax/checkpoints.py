@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from sedd_jax import configs
 
@@ -30,17 +31,17 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def config_path(workdir: str) -> str:
-    return os.path.join(workdir, CONFIG_FILE)
+def config_path(workdir: str) -> epath.Path:
+    """workdir/config.json; workdirs may be local paths or cloud URLs (gs://...)."""
+    return epath.Path(workdir) / CONFIG_FILE
 
 
 def check_or_write_config(workdir: str, config) -> None:
     """First run: writes workdir/config.json. Rerun: the checkpoint shapes must match, else ValueError
     (nothing is touched)."""
     path = config_path(workdir)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = ml_collections.ConfigDict(json.load(f))
+    if path.exists():
+        saved = ml_collections.ConfigDict(json.loads(path.read_text()))
         old, new = configs.shape_fields(saved), configs.shape_fields(config)
         diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
         if diff:
@@ -49,16 +50,18 @@ def check_or_write_config(workdir: str, config) -> None:
                              "or the workdir's own config")
         return
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        tmp.rename(path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    with open(config_path(workdir)) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(config_path(workdir).read_text()))
+
+
+def _absolute(workdir: str) -> epath.Path:
+    return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
 
 
 def create_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
@@ -73,7 +76,7 @@ def create_manager(workdir: str, config, read_only: bool = False) -> ocp.Checkpo
             create=True,
             enable_async_checkpointing=True,
         )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+    return ocp.CheckpointManager(_absolute(workdir) / CHECKPOINT_DIR, options=options,
                                  item_names=("state", "ema", "data"))
 
 
@@ -124,7 +127,7 @@ def load_ema_params(workdir: str):
     """(config, EMA params) of the latest checkpoint of a training workdir, for `pretrained.load`."""
     from sedd_jax import models, pretrained
 
-    if not os.path.exists(config_path(workdir)):
+    if not config_path(workdir).exists():
         raise FileNotFoundError(f"{workdir} has checkpoints/ but no {CONFIG_FILE}; it is not a sedd-jax workdir")
     config = read_config(workdir)
     manager = create_manager(workdir, config, read_only=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sedd_jax import checkpoints, configs, graphs, losses, models, parallel, pretrained
@@ -144,7 +144,8 @@ def _report_memory(compiled, what: str) -> None:
 
 
 class _MetricsLog:
-    """metrics.jsonl + TensorBoard (clu) on process 0."""
+    """metrics.jsonl + TensorBoard (clu) on process 0. Cloud workdirs (gs://) cannot append to an object, so
+    there the file is rewritten whole at each log (it stays small: one line per logged step)."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
@@ -152,19 +153,25 @@ class _MetricsLog:
             return
         from clu import metric_writers
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+        self._path = epath.Path(workdir) / "metrics.jsonl"
+        self._append = "://" not in str(workdir)
+        self._lines = [] if self._append or not self._path.exists() else self._path.read_text().splitlines()
+        self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **scalars})
+        if self._append:
+            with self._path.open("a") as f:
+                f.write(line + "\n")
+        else:
+            self._lines.append(line)
+            self._path.write_text("\n".join(self._lines) + "\n")
         self._writer.write_scalars(step, scalars)
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
             self._writer.flush()
             self._writer.close()
 
@@ -172,12 +179,10 @@ class _MetricsLog:
 def _write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    path = os.path.join(workdir, "samples", f"iter_{step}.txt")
-    with open(path + ".tmp", "w") as f:
-        for i, row in enumerate(tokens):
-            f.write(f"=== sample {i} ===\n{tokenizer.decode([int(t) for t in row])}\n")
-    os.replace(path + ".tmp", path)
+    directory = epath.Path(workdir) / "samples"
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"=== sample {i} ===\n{tokenizer.decode([int(t) for t in row])}\n" for i, row in enumerate(tokens))
+    (directory / f"iter_{step}.txt").write_text(text)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
