@@ -83,7 +83,7 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
         (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                         (micro, jnp.arange(accum)))
         loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

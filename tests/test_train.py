@@ -1,0 +1,171 @@
+"""The trainer: learning, exact resume, preemption, sharding over fake devices, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sedd_jax import configs, parallel, pretrained, train
+from tests import train_testing
+from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
+
+
+def _env(devices: int = 1) -> dict:
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _run(cmd, devices=1, timeout=600):
+    cmd = [sys.executable] + cmd[1:]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(devices), cwd=REPO)
+
+
+def test_learns_and_writes_workdir(tmp_path):
+    workdir = str(tmp_path / "run")
+    last = train.train_and_evaluate(config(tmp_path, training__n_iters=100, optim__lr=3e-3, training__eval_freq=25), workdir)
+    losses = train_losses(workdir)
+    assert sorted(losses) == list(range(1, 101))
+    first, final = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in range(91, 101)])
+    assert final < 0.87 * first, (first, final)  # a 1-block model, 100 steps: past the unigram entropy
+    assert abs(first - np.log(28)) < 0.3  # zero output layer: ~ln(tokens) nats per token at init
+    evals = [m for m in read_metrics(workdir) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [25, 50, 75, 100]
+    assert all(np.isclose(m["eval_ppl_bound"], np.exp(m["eval_loss"])) for m in evals)
+    assert last["step"] == 100
+    assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == 100
+    samples = open(os.path.join(workdir, "samples", "iter_100.txt")).read()
+    assert samples.count("=== sample") == 2
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    # The workdir is a checkpoint pretrained.load reads (EMA weights).
+    model = pretrained.load(workdir)
+    assert model.graph.dim == 29 and model.config.model.hidden_size == 32
+    ids, texts = model.sample(jax.random.key(0), 2, 4)
+    assert ids.shape == (2, 32) and len(texts) == 2
+
+
+def test_exact_resume(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(config(tmp_path, training__n_iters=20), straight)
+    train.train_and_evaluate(config(tmp_path, training__n_iters=10), resumed)
+    assert max(train_losses(resumed)) == 10
+    train.train_and_evaluate(config(tmp_path, training__n_iters=20), resumed)
+    a, b = train_losses(straight), train_losses(resumed)
+    for step in range(11, 21):
+        assert abs(a[step] - b[step]) <= 1e-6 * abs(a[step]), (step, a[step], b[step])
+    assert a[1] != a[2]  # the losses do change from step to step
+
+
+def test_sigterm_saves_current_step_and_resumes(tmp_path):
+    workdir = tmp_path / "preempted"
+    cmd = main_command(tmp_path, workdir, training__n_iters=100000, training__snapshot_freq_for_preemption=100000,
+                       training__eval_freq=100000)
+    proc = subprocess.Popen([sys.executable] + cmd[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(), cwd=REPO)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    stopped = max(train_losses(workdir))
+    assert f"saved step {stopped}" in out
+    steps = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    assert max(steps) == stopped
+    done = _run(main_command(tmp_path, workdir, training__n_iters=stopped + 3))
+    assert done.returncode == 0, done.stderr
+    assert f"resumed {workdir} from step {stopped}" in done.stdout
+    assert max(train_losses(workdir)) == stopped + 3
+
+
+def test_same_losses_on_one_and_eight_devices(tmp_path):
+    single, sharded = tmp_path / "one", tmp_path / "eight"
+    a = _run(main_command(tmp_path, single, training__n_iters=6))
+    b = _run(main_command(tmp_path, sharded, training__n_iters=6, mesh__data=2, mesh__fsdp=4), devices=8)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert "'data': 2, 'fsdp': 4, 'tensor': 1" in b.stdout
+    share = float(b.stdout.split("per-device parameter share ")[1].split()[0])
+    assert share < 0.6, b.stdout  # split over the 4 fsdp shards (small conditioning weights stay replicated)
+    la, lb = train_losses(single), train_losses(sharded)
+    assert sorted(la) == sorted(lb) == list(range(1, 7))
+    for step in la:
+        assert abs(la[step] - lb[step]) < 1e-4 * abs(la[step]), (step, la[step], lb[step])
+
+
+CHECK_SHARDED = """
+import jax, jax.numpy as jnp, ml_collections
+from jax.sharding import NamedSharding, PartitionSpec
+from sedd_jax import parallel
+config = ml_collections.ConfigDict(dict(mesh=dict(data=2, fsdp=4, tensor=1)))
+mesh = parallel.create_mesh(config)
+params = {"w": jnp.ones((64, 32))}
+sharded = jax.device_put(params, NamedSharding(mesh, PartitionSpec("fsdp")))
+print("sharded ratio", parallel.check_sharded(sharded, mesh)["ratio"])
+try:
+    parallel.check_sharded(jax.device_put(params, NamedSharding(mesh, PartitionSpec())), mesh)
+except RuntimeError as e:
+    print("replicated:", e)
+"""
+
+
+def test_check_sharded_fails_on_replicated_parameters():
+    done = subprocess.run([sys.executable, "-c", CHECK_SHARDED], capture_output=True, text=True, env=_env(8),
+                          cwd=REPO, timeout=300)
+    assert "sharded ratio 0.25" in done.stdout, done.stderr
+    assert "replicated: parameters are not sharded" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def _snapshot(directory) -> dict:
+    return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
+            for root, _, files in os.walk(directory) for f in files}
+
+
+def test_workdir_with_another_model_shape(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config(tmp_path, training__n_iters=2), workdir)
+    before = _snapshot(workdir)
+    with pytest.raises(ValueError, match="another model shape.*model.hidden_size: workdir has 32, config has 64"):
+        train.train_and_evaluate(config(tmp_path, model__hidden_size=64), workdir)
+    assert _snapshot(workdir) == before
+
+
+def test_mesh_that_does_not_fit(tmp_path):
+    with pytest.raises(ValueError, match="= 3 devices, but 1 are available"):
+        train.train_and_evaluate(config(tmp_path, mesh__data=3), str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+    c = config(tmp_path, training__batch_size=12, mesh__data=8)
+    with pytest.raises(ValueError, match="micro-batch .* = 12 is not divisible by the data-parallel size .* = 8"):
+        configs.validate(c, device_count=8, process_count=1)
+    c = config(tmp_path, training__batch_size=16, training__accum=3)
+    with pytest.raises(ValueError, match="batch_size=16 is not divisible by training.accum=3"):
+        configs.validate(c, device_count=1, process_count=1)
+
+
+def test_cli_reports_bad_config_cleanly(tmp_path):
+    done = _run(main_command(tmp_path, tmp_path / "w", graph__type="uniform"))
+    assert done.returncode == 1
+    assert "uniform graph requires model.scale_by_sigma=False" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_mesh_shape_fills_minus_one():
+    c = config_for_mesh(data=-1, fsdp=4, tensor=1)
+    assert parallel.mesh_shape(c, device_count=8) == (2, 4, 1)
+    with pytest.raises(ValueError, match="at most one of"):
+        parallel.mesh_shape(config_for_mesh(data=-1, fsdp=-1, tensor=1), device_count=8)
+
+
+def config_for_mesh(**mesh):
+    import ml_collections
+    return ml_collections.ConfigDict(dict(mesh=mesh))
