@@ -164,14 +164,16 @@ def _progress_printer(steps: int):
 
 
 def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise: bool = True, eps: float = 1e-5,
-                   proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0):
+                   proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0,
+                   batch_sharding: Optional[jax.sharding.Sharding] = None):
     """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function.
 
     graph, noise: from `graphs.get_graph` / `noise.get_noise`; batch_dims: (B, L); predictor: "euler",
     "analytic" or "none"; steps >= 1 predictor steps on `linspace(1, eps, steps + 1)`; denoise: finish
     with the denoiser at t = eps; proj_fun: `int[B, L] -> int[B, L]` clamp (e.g. `get_infill_projector`);
     method: categorical draw, "unbiased" or "reference"; progress_every: if > 0, print the step to stderr
-    every this many steps (a host callback).
+    every this many steps (a host callback); batch_sharding: a sharding of `[B, L]` (e.g. the batch axis over a
+    mesh) the state is constrained to, so each device samples its share of the batch.
     """
     predictor_fn = PREDICTOR_FNS[check_predictor(predictor)]
     steps = check_steps(steps)
@@ -184,10 +186,13 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
     progress_every = int(progress_every)
     report = _progress_printer(steps) if progress_every > 0 else None
 
+    def constrain(x):
+        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
     def sampler(score_fn: ScoreFn, key: jax.Array) -> jax.Array:
         timesteps = jnp.linspace(1.0, eps, steps + 1, dtype=jnp.float32)
         dt = (1.0 - eps) / steps
-        x = graph.sample_limit(jax.random.fold_in(key, steps + 1), *batch_dims).astype(jnp.int32)
+        x = constrain(graph.sample_limit(jax.random.fold_in(key, steps + 1), *batch_dims).astype(jnp.int32))
 
         def body(x, i):
             t = jnp.full(batch_dims[:1], timesteps[i], jnp.float32)
@@ -195,7 +200,7 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
             x = predictor_fn(graph, noise, score_fn, jax.random.fold_in(key, i), x, t, dt, method)
             if report is not None:
                 jax.lax.cond((i + 1) % progress_every == 0, lambda: jax.debug.callback(report, i), lambda: None)
-            return x.astype(jnp.int32), None
+            return constrain(x.astype(jnp.int32)), None
 
         x, _ = jax.lax.scan(body, x, jnp.arange(steps, dtype=jnp.int32))
         if denoise:
@@ -259,13 +264,23 @@ def _as_pytree_score_fn(score_fn) -> jax.tree_util.Partial:
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "noise", "batch_dims", "predictor", "steps", "denoise", "eps",
-                                             "method", "positions", "progress_every"))
+                                             "method", "positions", "progress_every", "shard_batch"))
 def _sample_jit(score_fn, key, clamp_ids, *, graph, noise, batch_dims, predictor, steps, denoise, eps, method,
-                positions, progress_every):
+                positions, progress_every, shard_batch):
     proj = get_infill_projector(np.asarray(positions, np.int32), clamp_ids) if positions else None
+    sharding = None
+    if shard_batch:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch", None))
     sampler = get_pc_sampler(graph, noise, batch_dims, predictor, steps, denoise=denoise, eps=eps, proj_fun=proj,
-                             method=method, progress_every=progress_every)
+                             method=method, progress_every=progress_every, batch_sharding=sharding)
     return sampler(score_fn, key)
+
+
+def _shard_batch(batch_size: int) -> bool:
+    """Spread the batch over this process's devices when there are several and they divide it evenly."""
+    count = jax.device_count()
+    return count > 1 and jax.process_count() == 1 and batch_size % count == 0
 
 
 def _as_key(key) -> jax.Array:
@@ -285,6 +300,7 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
     key: a PRNG key or an int seed. prefix_ids / suffix_ids: token ids clamped at the start / end;
     positions + ids: further tokens clamped at arbitrary positions. Repeated calls with the same shapes and
     settings reuse one compiled sampler (prompt ids are traced, so new prompts of the same lengths do too).
+    With several local devices that divide batch_size, each samples its share of the batch.
     """
     check_predictor(predictor)
     steps = check_steps(steps)
@@ -312,7 +328,8 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
     out = _sample_jit(_as_pytree_score_fn(score_fn), _as_key(key), jnp.asarray(clamp_ids, jnp.int32),
                       graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
                       steps=steps, denoise=bool(denoise), eps=eps, method=method,
-                      positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every))
+                      positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every),
+                      shard_batch=_shard_batch(int(batch_size)))
     out = np.asarray(out, np.int32)
     if progress_every:
         jax.effects_barrier()  # flush the progress callbacks before returning

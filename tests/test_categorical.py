@@ -73,9 +73,12 @@ def test_all_nonpositive_row_returns_largest():
 
 
 def test_block_size_covers_vocabulary():
-    for k in (1, 2, 5, 50257, 50258, 100):
+    for k in (1, 2, 5, 50257, 50258, 50261, 100):
         size = categorical.block_size(k)
-        assert size * -(-k // size) >= k and size * size >= k
+        blocks = -(-k // size)
+        assert size * blocks >= k and size * (blocks - 1) < k
+        assert size + blocks <= 10 * (int(np.sqrt(k)) + 1)  # ~sqrt(k) exponentials per level
+    assert categorical.block_size(50258) == 26 and categorical.block_size(50261) == 225  # 26 x 1933; prime
 
 
 @pytest.mark.parametrize("method", categorical.METHODS)

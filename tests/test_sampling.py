@@ -394,3 +394,33 @@ def test_fresh_partials_hit_the_cache():
     size = sampling._sample_jit._cache_size()
     run(2.0)
     assert sampling._sample_jit._cache_size() == size
+
+
+SHARDED_SCRIPT = r"""
+import functools, jax, numpy as np
+from sedd_jax import graphs, noise as noise_lib, sampling
+from tests import exact_scores as es
+assert jax.device_count() == 4
+p0 = es.random_joint(3, 3, seed=0)
+graph, noise = graphs.get_graph("uniform", 3), noise_lib.get_noise("geometric")
+score_fn = es.exact_score_fn("uniform", p0, shared_sigma=True)
+sharded = sampling.sample_sequences(score_fn, graph, noise, 0, 8, 3, 4, "euler", prefix_ids=[1])
+assert sampling._shard_batch(8) and not sampling._shard_batch(6)
+plain = sampling.get_pc_sampler(graph, noise, (8, 3), "euler", 4, proj_fun=sampling.prefix_suffix_projector(3, [1]))
+single = jax.jit(functools.partial(plain, score_fn))(jax.random.key(0))
+np.testing.assert_array_equal(sharded, np.asarray(single))
+print("ok")
+"""
+
+
+def test_batch_sharded_over_devices_matches_single_device():
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = pathlib.Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
