@@ -13,6 +13,9 @@ APPENDING trailing axes (never numpy's right-aligned rule, which misbroadcasts `
 
 Deliberate differences from the reference:
   * `Absorbing.transition` is implemented (the reference's body is `pass`).
+  * `Absorbing.staggered_score` computes the MASK entry as s_MASK + (1 - e^dsigma) sum_{real j} s_j; the
+    reference's e^dsigma s_MASK + (1 - e^dsigma) sum_all s is the same value but cancels in float32 when
+    e^dsigma is large.
   * `Absorbing.score_entropy` sums the positive term in float32 (the reference sums a bf16 tensor under
     bf16 autocast); non-mask positions are masked before `exp` so they can never overflow into NaN
     gradients.

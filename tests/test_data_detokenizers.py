@@ -25,14 +25,14 @@ from sedd_jax.data import detokenizers as dt
     ("/' 5/", "/'[0-9]/"),                                     # ... except on its literal text
 ])
 def test_wt_detokenizer(text, expected):
-  assert dt.wt_detokenizer(text) == expected
+    assert dt.wt_detokenizer(text) == expected
 
 
 def test_wt_detokenizer_rule_order():
-  # single quotes are tightened after "s '" has been joined: "s '" first, then the quote regex
-  assert dt.wt_detokenizer("' the kings ' crown '") == "'the kings' crown '"
-  # " , " is replaced before " 's"
-  assert dt.wt_detokenizer(" , 's") == ",'s"
+    # single quotes are tightened after "s '" has been joined: "s '" first, then the quote regex
+    assert dt.wt_detokenizer("' the kings ' crown '") == "'the kings' crown '"
+    # " , " is replaced before " 's"
+    assert dt.wt_detokenizer(" , 's") == ",'s"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -47,7 +47,7 @@ def test_wt_detokenizer_rule_order():
     ("the <unk> company", "the ? company"),
 ])
 def test_ptb_detokenizer(text, expected):
-  assert dt.ptb_detokenizer(text) == expected
+    assert dt.ptb_detokenizer(text) == expected
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -66,9 +66,9 @@ def test_ptb_detokenizer(text, expected):
     ("costs $ 5 or £ 4", "costs $5 or £4"),
 ])
 def test_lm1b_detokenizer(text, expected):
-  assert dt.lm1b_detokenizer(text) == expected
+    assert dt.lm1b_detokenizer(text) == expected
 
 
 def test_lambada_detokenizer():
-  text = "  \N{LEFT DOUBLE QUOTATION MARK}Hi,\N{RIGHT DOUBLE QUOTATION MARK} she said.  "
-  assert dt.lambada_detokenizer(text) == '\n"Hi," she said.'
+    text = "  \N{LEFT DOUBLE QUOTATION MARK}Hi,\N{RIGHT DOUBLE QUOTATION MARK} she said.  "
+    assert dt.lambada_detokenizer(text) == '\n"Hi," she said.'

@@ -8,65 +8,65 @@ EOS = 27
 
 
 def _corpus(num_docs=57, seed=0):
-  rng = np.random.default_rng(seed)
-  docs = [" ".join("abcdefghij"[: rng.integers(1, 10)] for _ in range(rng.integers(1, 12)))
-          for _ in range(num_docs)]
-  return docs, packing.tokenize_documents(docs, tokenizers.CharTokenizer(), chunk_size=10)
+    rng = np.random.default_rng(seed)
+    docs = [" ".join("abcdefghij"[: rng.integers(1, 10)] for _ in range(rng.integers(1, 12)))
+            for _ in range(num_docs)]
+    return docs, packing.tokenize_documents(docs, tokenizers.CharTokenizer(), chunk_size=10)
 
 
 def test_tokenize_appends_eos_per_document():
-  docs, corpus = _corpus()
-  assert corpus.num_documents == len(docs)
-  tok = tokenizers.CharTokenizer()
-  for d, doc in enumerate(docs):
-    ids = corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]]
-    assert list(ids[:-1]) == tok.encode(doc) and ids[-1] == EOS
-  assert (corpus.tokens == EOS).sum() == len(docs)
+    docs, corpus = _corpus()
+    assert corpus.num_documents == len(docs)
+    tok = tokenizers.CharTokenizer()
+    for d, doc in enumerate(docs):
+        ids = corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]]
+        assert list(ids[:-1]) == tok.encode(doc) and ids[-1] == EOS
+    assert (corpus.tokens == EOS).sum() == len(docs)
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1])
 def test_pack_invariants(seed):
-  docs, corpus = _corpus()
-  length = 32
-  blocks = packing.pack(corpus, length, seed=seed)
-  total = corpus.num_tokens
-  assert blocks.shape == (total // length, length)              # exactly the configured length
-  remainder = total - blocks.size
-  assert 0 <= remainder < length                                # the documented remainder
-  # the blocks are the (seed-ordered) documents, each followed by EOS, cut every `length` tokens
-  order = packing.document_order(len(docs), seed)
-  order = range(len(docs)) if order is None else order
-  stream = np.concatenate([corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]] for d in order])
-  np.testing.assert_array_equal(blocks.reshape(-1), stream[: blocks.size])
-  # every token of the corpus appears once: multiset of blocks + remainder == corpus
-  np.testing.assert_array_equal(
-      np.bincount(np.concatenate([blocks.reshape(-1), stream[blocks.size:]]), minlength=28),
-      np.bincount(corpus.tokens, minlength=28))
-  # documents are separated by EOS: splitting the stream at EOS gives back the documents
-  text = "".join(tokenizers.CharTokenizer.ALPHABET[t] if t != EOS else "|" for t in stream)
-  assert text.split("|")[:-1] == [docs[d] for d in order]
+    docs, corpus = _corpus()
+    length = 32
+    blocks = packing.pack(corpus, length, seed=seed)
+    total = corpus.num_tokens
+    assert blocks.shape == (total // length, length)              # exactly the configured length
+    remainder = total - blocks.size
+    assert 0 <= remainder < length                                # the documented remainder
+    # the blocks are the (seed-ordered) documents, each followed by EOS, cut every `length` tokens
+    order = packing.document_order(len(docs), seed)
+    order = range(len(docs)) if order is None else order
+    stream = np.concatenate([corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]] for d in order])
+    np.testing.assert_array_equal(blocks.reshape(-1), stream[: blocks.size])
+    # every token of the corpus appears once: multiset of blocks + remainder == corpus
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([blocks.reshape(-1), stream[blocks.size:]]), minlength=28),
+        np.bincount(corpus.tokens, minlength=28))
+    # documents are separated by EOS: splitting the stream at EOS gives back the documents
+    text = "".join(tokenizers.CharTokenizer.ALPHABET[t] if t != EOS else "|" for t in stream)
+    assert text.split("|")[:-1] == [docs[d] for d in order]
 
 
 def test_pack_is_deterministic_for_a_seed():
-  _, corpus = _corpus()
-  np.testing.assert_array_equal(packing.pack(corpus, 16, seed=3), packing.pack(corpus, 16, seed=3))
-  assert not np.array_equal(packing.pack(corpus, 16, seed=3), packing.pack(corpus, 16, seed=4))
+    _, corpus = _corpus()
+    np.testing.assert_array_equal(packing.pack(corpus, 16, seed=3), packing.pack(corpus, 16, seed=3))
+    assert not np.array_equal(packing.pack(corpus, 16, seed=3), packing.pack(corpus, 16, seed=4))
 
 
 def test_written_cache_equals_in_memory(tmp_path):
-  docs, corpus = _corpus()
-  cached = packing.write_tokenized(docs, tokenizers.CharTokenizer(), str(tmp_path / "c"),
-                                   chunk_size=7)
-  assert isinstance(cached.tokens, np.memmap) and cached.tokens.dtype == np.uint16
-  np.testing.assert_array_equal(cached.tokens, corpus.tokens)
-  np.testing.assert_array_equal(cached.offsets, corpus.offsets)
-  np.testing.assert_array_equal(packing.pack(cached, 32), packing.pack(corpus, 32))
-  assert packing.load_tokenized(str(tmp_path / "missing")) is None
+    docs, corpus = _corpus()
+    cached = packing.write_tokenized(docs, tokenizers.CharTokenizer(), str(tmp_path / "c"),
+                                     chunk_size=7)
+    assert isinstance(cached.tokens, np.memmap) and cached.tokens.dtype == np.uint16
+    np.testing.assert_array_equal(cached.tokens, corpus.tokens)
+    np.testing.assert_array_equal(cached.offsets, corpus.offsets)
+    np.testing.assert_array_equal(packing.pack(cached, 32), packing.pack(corpus, 32))
+    assert packing.load_tokenized(str(tmp_path / "missing")) is None
 
 
 def test_empty_or_too_small_corpus_is_an_error():
-  tok = tokenizers.CharTokenizer()
-  with pytest.raises(ValueError, match="empty or too small: 0 documents"):
-    packing.pack(packing.tokenize_documents([], tok), 32)
-  with pytest.raises(ValueError, match="3 tokens, fewer than one block"):
-    packing.pack(packing.tokenize_documents(["ab"], tok), 32)
+    tok = tokenizers.CharTokenizer()
+    with pytest.raises(ValueError, match="empty or too small: 0 documents"):
+        packing.pack(packing.tokenize_documents([], tok), 32)
+    with pytest.raises(ValueError, match="3 tokens, fewer than one block"):
+        packing.pack(packing.tokenize_documents(["ab"], tok), 32)

@@ -15,29 +15,29 @@ from tests.data_testing import make_config, write_corpus
 
 @pytest.fixture
 def no_network(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise OSError("simulated: no network")
-  monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    def refuse(*args, **kwargs):
+        raise OSError("simulated: no network")
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
 @pytest.fixture
 def tfds_mock():
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=20):
-    yield tfds
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=20):
+        yield tfds
 
 
 def test_lm1b_with_tfds_mock_data(tmp_path, tfds_mock):
-  config = make_config(tmp_path, train="lm1b", valid="lm1b", download=True)
-  docs = list(sources.load_documents("lm1b", "test", config))
-  raw = [t for t in sources.tfds_texts(
-      sources.tfds_builder("lm1b", config.data.cache_dir), "test", "text")]
-  assert len(docs) == 20 and docs == [data.lm1b_detokenizer(t) for t in raw]
-  # end to end: mock text (letters and spaces) through the char tokenizer into batches
-  bundle = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
-  batch = next(bundle.eval_iter)
-  assert batch.shape == (4, 32) and batch.dtype == np.int32
-  assert bundle.eval_blocks == sum(len(d) + 1 for d in docs) // 32
+    config = make_config(tmp_path, train="lm1b", valid="lm1b", download=True)
+    docs = list(sources.load_documents("lm1b", "test", config))
+    raw = [t for t in sources.tfds_texts(
+        sources.tfds_builder("lm1b", config.data.cache_dir), "test", "text")]
+    assert len(docs) == 20 and docs == [data.lm1b_detokenizer(t) for t in raw]
+    # end to end: mock text (letters and spaces) through the char tokenizer into batches
+    bundle = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    batch = next(bundle.eval_iter)
+    assert batch.shape == (4, 32) and batch.dtype == np.int32
+    assert bundle.eval_blocks == sum(len(d) + 1 for d in docs) // 32
 
 
 @pytest.mark.parametrize("name, field, detok", [
@@ -47,149 +47,149 @@ def test_lm1b_with_tfds_mock_data(tmp_path, tfds_mock):
 ])
 def test_huggingface_datasets_text_path_with_mock_data(tmp_path, tfds_mock, monkeypatch, name,
                                                        field, detok):
-  # TFDS's huggingface: builder needs the `datasets` package and the hub even under mock_data, so
-  # the same path (tfds_builder -> as_dataset -> field -> detokenizer) runs on a native builder.
-  spec = sources.DATASETS[name]
-  assert spec.tfds_name.startswith("huggingface:") and spec.field == field
-  monkeypatch.setitem(sources.DATASETS, name,
-                      dataclasses.replace(spec, tfds_name="lm1b", field="text",
-                                          splits=("train", "test"), eval_split="test"))
-  config = make_config(tmp_path, download=True)
-  docs = list(sources.load_documents(name, "test", config))
-  raw = list(sources.tfds_texts(sources.tfds_builder("lm1b", config.data.cache_dir), "test", "text"))
-  assert docs == [detok(t) for t in raw]
+    # TFDS's huggingface: builder needs the `datasets` package and the hub even under mock_data, so
+    # the same path (tfds_builder -> as_dataset -> field -> detokenizer) runs on a native builder.
+    spec = sources.DATASETS[name]
+    assert spec.tfds_name.startswith("huggingface:") and spec.field == field
+    monkeypatch.setitem(sources.DATASETS, name,
+                        dataclasses.replace(spec, tfds_name="lm1b", field="text",
+                                            splits=("train", "test"), eval_split="test"))
+    config = make_config(tmp_path, download=True)
+    docs = list(sources.load_documents(name, "test", config))
+    raw = list(sources.tfds_texts(sources.tfds_builder("lm1b", config.data.cache_dir), "test", "text"))
+    assert docs == [detok(t) for t in raw]
 
 
 def test_prepared_huggingface_dir_is_found_offline(tmp_path):
-  base = tmp_path / "wikitext" / "wikitext_103_raw_v1"
-  for version in ("1.0.0", "1.1.0"):
-    (base / version).mkdir(parents=True)
-    (base / version / "dataset_info.json").write_text("{}")
-  assert sources._prepared_hf_dir("huggingface:wikitext/wikitext-103-raw-v1", str(tmp_path)) == \
-      str(base / "1.1.0")
-  assert sources._prepared_hf_dir("huggingface:ptb_text_only/penn_treebank", str(tmp_path)) is None
+    base = tmp_path / "wikitext" / "wikitext_103_raw_v1"
+    for version in ("1.0.0", "1.1.0"):
+        (base / version).mkdir(parents=True)
+        (base / version / "dataset_info.json").write_text("{}")
+    assert sources._prepared_hf_dir("huggingface:wikitext/wikitext-103-raw-v1", str(tmp_path)) == \
+        str(base / "1.1.0")
+    assert sources._prepared_hf_dir("huggingface:ptb_text_only/penn_treebank", str(tmp_path)) is None
 
 
 def test_tfds_not_prepared_and_no_download(tmp_path):
-  pytest.importorskip("tensorflow_datasets")
-  config = make_config(tmp_path, train="wikitext103", valid="wikitext103", download=False)
-  with pytest.raises(data.DatasetUnavailableError) as err:
-    list(sources.load_documents("wikitext103", "validation", config))
-  msg = str(err.value)
-  assert "huggingface:wikitext/wikitext-103-raw-v1" in msg and config.data.cache_dir in msg
-  assert "download_and_prepare()" in msg and "pip install datasets" in msg
+    pytest.importorskip("tensorflow_datasets")
+    config = make_config(tmp_path, train="wikitext103", valid="wikitext103", download=False)
+    with pytest.raises(data.DatasetUnavailableError) as err:
+        list(sources.load_documents("wikitext103", "validation", config))
+    msg = str(err.value)
+    assert "huggingface:wikitext/wikitext-103-raw-v1" in msg and config.data.cache_dir in msg
+    assert "download_and_prepare()" in msg and "pip install datasets" in msg
 
 
 def test_openwebtext_needs_prepare(tmp_path):
-  config = make_config(tmp_path, train="openwebtext", valid="openwebtext", tokenizer="char",
-                       download=False)
-  config.tokens = 30
-  with pytest.raises(data.DatasetUnavailableError, match="python -m sedd_jax.data.prepare"):
-    data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    config = make_config(tmp_path, train="openwebtext", valid="openwebtext", tokenizer="char",
+                         download=False)
+    config.tokens = 30
+    with pytest.raises(data.DatasetUnavailableError, match="python -m sedd_jax.data.prepare"):
+        data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
 
 
 def test_text8_split_90_5_5(tmp_path):
-  rng = np.random.default_rng(0)
-  text = "".join(rng.choice(list(" abcdefghijklmnopqrstuvwxyz"), size=20_000))
-  (tmp_path / "text8").write_text(text)
-  config = make_config(tmp_path, train="text8", valid="text8", files=str(tmp_path / "text8"))
-  parts = {s: list(sources.load_documents("text8", s, config)) for s in sources.SPLITS}
-  assert [len(parts[s][0]) for s in sources.SPLITS] == [18_000, 1_000, 1_000]
-  assert "".join(parts[s][0] for s in sources.SPLITS) == text
-  assert sources.text8_split_bounds(100_000_000) == {
-      "train": (0, 90_000_000), "validation": (90_000_000, 95_000_000),
-      "test": (95_000_000, 100_000_000)}
-  bundle = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
-  assert bundle.train_blocks == 18_001 // 32 and bundle.eval_blocks == 1_001 // 32
-  assert bundle.tokenizer.decode(next(bundle.train_iter)[0]).replace(" ", "").isalpha()
-  config.data.tokenizer = "gpt2"
-  with pytest.raises(ValueError, match="needs --config.data.tokenizer=char"):
-    data.get_tokenizer(config, str(tmp_path))
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list(" abcdefghijklmnopqrstuvwxyz"), size=20_000))
+    (tmp_path / "text8").write_text(text)
+    config = make_config(tmp_path, train="text8", valid="text8", files=str(tmp_path / "text8"))
+    parts = {s: list(sources.load_documents("text8", s, config)) for s in sources.SPLITS}
+    assert [len(parts[s][0]) for s in sources.SPLITS] == [18_000, 1_000, 1_000]
+    assert "".join(parts[s][0] for s in sources.SPLITS) == text
+    assert sources.text8_split_bounds(100_000_000) == {
+        "train": (0, 90_000_000), "validation": (90_000_000, 95_000_000),
+        "test": (95_000_000, 100_000_000)}
+    bundle = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    assert bundle.train_blocks == 18_001 // 32 and bundle.eval_blocks == 1_001 // 32
+    assert bundle.tokenizer.decode(next(bundle.train_iter)[0]).replace(" ", "").isalpha()
+    config.data.tokenizer = "gpt2"
+    with pytest.raises(ValueError, match="needs --config.data.tokenizer=char"):
+        data.get_tokenizer(config, str(tmp_path))
 
 
 def test_text8_missing_without_network(tmp_path, no_network):
-  config = make_config(tmp_path, train="text8", valid="text8", download=True)
-  with pytest.raises(data.DatasetUnavailableError) as err:
-    list(sources.load_documents("text8", "train", config))
-  msg = str(err.value)
-  assert sources.TEXT8_URL in msg and os.path.join(config.data.cache_dir, "text8") in msg
-  assert "simulated: no network" in msg
+    config = make_config(tmp_path, train="text8", valid="text8", download=True)
+    with pytest.raises(data.DatasetUnavailableError) as err:
+        list(sources.load_documents("text8", "train", config))
+    msg = str(err.value)
+    assert sources.TEXT8_URL in msg and os.path.join(config.data.cache_dir, "text8") in msg
+    assert "simulated: no network" in msg
 
 
 def test_lambada_jsonl(tmp_path, no_network):
-  rows = ["\N{LEFT DOUBLE QUOTATION MARK}Go,\N{RIGHT DOUBLE QUOTATION MARK} he said ", "the end"]
-  os.makedirs(tmp_path / "tfds" / "lambada")
-  with open(tmp_path / "tfds" / "lambada" / "lambada_test.jsonl", "w") as f:
-    for r in rows:
-      f.write(json.dumps({"text": r}) + "\n")
-  config = make_config(tmp_path, valid="lambada")
-  assert list(sources.load_documents("lambada", "test", config)) == ['\n"Go," he said', "\nthe end"]
-  with pytest.raises(ValueError, match="dataset 'lambada' has no split 'train'"):
-    list(sources.load_documents("lambada", "train", config))
-  os.remove(tmp_path / "tfds" / "lambada" / "lambada_test.jsonl")
-  with pytest.raises(data.DatasetUnavailableError, match="wget " + sources.LAMBADA_URL):
-    list(sources.load_documents("lambada", "test", config))
+    rows = ["\N{LEFT DOUBLE QUOTATION MARK}Go,\N{RIGHT DOUBLE QUOTATION MARK} he said ", "the end"]
+    os.makedirs(tmp_path / "tfds" / "lambada")
+    with open(tmp_path / "tfds" / "lambada" / "lambada_test.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({"text": r}) + "\n")
+    config = make_config(tmp_path, valid="lambada")
+    assert list(sources.load_documents("lambada", "test", config)) == ['\n"Go," he said', "\nthe end"]
+    with pytest.raises(ValueError, match="dataset 'lambada' has no split 'train'"):
+        list(sources.load_documents("lambada", "train", config))
+    os.remove(tmp_path / "tfds" / "lambada" / "lambada_test.jsonl")
+    with pytest.raises(data.DatasetUnavailableError, match="wget " + sources.LAMBADA_URL):
+        list(sources.load_documents("lambada", "test", config))
 
 
 def test_files_split_is_deterministic_disjoint_and_complete(tmp_path):
-  glob = write_corpus(tmp_path / "corpus", num_files=200)
-  config = make_config(tmp_path, files=glob)
-  train = list(sources.load_documents("files", "train", config))
-  valid = list(sources.load_documents("files", "validation", config))
-  assert len(train) + len(valid) == 200 and 0 < len(valid) < 10
-  assert not set(train) & set(valid)
-  assert list(sources.load_documents("files", "validation", config)) == valid
-  # one file: the last 2% of its characters (from a line start) is the validation split
-  (tmp_path / "one.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
-  config.data.files = str(tmp_path / "one.txt")
-  train, = sources.load_documents("files", "train", config)
-  valid, = sources.load_documents("files", "validation", config)
-  assert train + valid == (tmp_path / "one.txt").read_text() and valid.startswith("line 9")
+    glob = write_corpus(tmp_path / "corpus", num_files=200)
+    config = make_config(tmp_path, files=glob)
+    train = list(sources.load_documents("files", "train", config))
+    valid = list(sources.load_documents("files", "validation", config))
+    assert len(train) + len(valid) == 200 and 0 < len(valid) < 10
+    assert not set(train) & set(valid)
+    assert list(sources.load_documents("files", "validation", config)) == valid
+    # one file: the last 2% of its characters (from a line start) is the validation split
+    (tmp_path / "one.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
+    config.data.files = str(tmp_path / "one.txt")
+    train, = sources.load_documents("files", "train", config)
+    valid, = sources.load_documents("files", "validation", config)
+    assert train + valid == (tmp_path / "one.txt").read_text() and valid.startswith("line 9")
 
 
 def test_pystdlib_split_is_fixed():
-  rel = sources.list_pystdlib_files()
-  assert len(rel) > 100 and "os.py" in rel
-  assert not any(part in sources.PYSTDLIB_SKIP_DIRS for p in rel for part in p.split("/"))
-  train, valid = sources.split_paths(rel)
-  assert len(train) + len(valid) == len(rel) and not set(train) & set(valid)
-  assert 0.005 < len(valid) / len(rel) < 0.05
-  assert all(sources._bucket(p, 100) < 2 for p in valid)   # crc32(relative path) % 100 < 2
+    rel = sources.list_pystdlib_files()
+    assert len(rel) > 100 and "os.py" in rel
+    assert not any(part in sources.PYSTDLIB_SKIP_DIRS for p in rel for part in p.split("/"))
+    train, valid = sources.split_paths(rel)
+    assert len(train) + len(valid) == len(rel) and not set(train) & set(valid)
+    assert 0.005 < len(valid) / len(rel) < 0.05
+    assert all(sources._bucket(p, 100) < 2 for p in valid)   # crc32(relative path) % 100 < 2
 
 
 def test_unknown_dataset(tmp_path):
-  config = make_config(tmp_path, train="imagenet")
-  with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known datasets: pystdlib"):
-    data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
+    config = make_config(tmp_path, train="imagenet")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known datasets: pystdlib"):
+        data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
 
 
 def test_missing_files(tmp_path):
-  config = make_config(tmp_path, files=str(tmp_path / "nothing" / "*.txt"))
-  with pytest.raises(FileNotFoundError, match="matches no files"):
-    data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
-  config.data.files = ""
-  with pytest.raises(ValueError, match="needs --config.data.files"):
-    data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
+    config = make_config(tmp_path, files=str(tmp_path / "nothing" / "*.txt"))
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
+    config.data.files = ""
+    with pytest.raises(ValueError, match="needs --config.data.files"):
+        data.create_datasets(config, str(tmp_path), process_index=0, process_count=1)
 
 
 def test_empty_corpus(tmp_path):
-  for i in range(5):
-    (tmp_path / f"e{i}.txt").write_text("")
-  config = make_config(tmp_path, files=str(tmp_path / "*.txt"))
-  with pytest.raises(ValueError, match="'files' split 'train' is empty or too small"):
-    data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
-  config.data.tokenizer = "sentencepiece"
-  config.data.sp_vocab_size = 300
-  with pytest.raises(ValueError, match="training corpus is empty"):
-    data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    for i in range(5):
+        (tmp_path / f"e{i}.txt").write_text("")
+    config = make_config(tmp_path, files=str(tmp_path / "*.txt"))
+    with pytest.raises(ValueError, match="'files' split 'train' is empty or too small"):
+        data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    config.data.tokenizer = "sentencepiece"
+    config.data.sp_vocab_size = 300
+    with pytest.raises(ValueError, match="training corpus is empty"):
+        data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
 
 
 def test_import_does_not_load_tensorflow():
-  import subprocess
-  import sys
-  code = ("import sys, sedd_jax.data; "
-          "print([m for m in ('tensorflow', 'tensorflow_datasets', 'grain', 'sentencepiece', "
-          "'jax') if m in sys.modules])")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert out.stdout.strip() == "[]"
+    import subprocess
+    import sys
+    code = ("import sys, sedd_jax.data; "
+            "print([m for m in ('tensorflow', 'tensorflow_datasets', 'grain', 'sentencepiece', "
+            "'jax') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "[]"

@@ -6,5 +6,5 @@ import socket
 
 
 def tmp_suffix() -> str:
-  """A temporary-file suffix unique per host and process (atomic writes on shared filesystems)."""
-  return f".tmp-{socket.gethostname()}-{os.getpid()}"
+    """A temporary-file suffix unique per host and process (atomic writes on shared filesystems)."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}"

@@ -19,16 +19,16 @@ Rule = Tuple[str, Union[str, "re.Pattern[str]"], str]
 
 
 def _apply(rules: Sequence[Rule], text: str) -> str:
-  for kind, old, new in rules:
-    if kind == "str":
-      text = text.replace(old, new)
-    else:
-      text = old.sub(new, text)
-  return text
+    for kind, old, new in rules:
+        if kind == "str":
+            text = text.replace(old, new)
+        else:
+            text = old.sub(new, text)
+    return text
 
 
 def _re(pattern: str) -> "re.Pattern[str]":
-  return re.compile(pattern)
+    return re.compile(pattern)
 
 
 _WT_RULES: Tuple[Rule, ...] = (
@@ -101,29 +101,29 @@ _LM1B_RULES: Tuple[Rule, ...] = (
 
 
 def wt_detokenizer(text: str) -> str:
-  """WikiText detokenizer (reference `wt_detokenizer`)."""
-  return _apply(_WT_RULES, text)
+    """WikiText detokenizer (reference `wt_detokenizer`)."""
+    return _apply(_WT_RULES, text)
 
 
 def ptb_detokenizer(text: str) -> str:
-  """Penn Treebank detokenizer (reference `ptb_detokenizer`)."""
-  return _apply(_PTB_RULES, text)
+    """Penn Treebank detokenizer (reference `ptb_detokenizer`)."""
+    return _apply(_PTB_RULES, text)
 
 
 def lm1b_detokenizer(text: str) -> str:
-  """One Billion Word detokenizer (reference `lm1b_detokenizer`)."""
-  return _apply(_LM1B_RULES, text)
+    """One Billion Word detokenizer (reference `lm1b_detokenizer`)."""
+    return _apply(_LM1B_RULES, text)
 
 
 def lambada_detokenizer(text: str) -> str:
-  """LAMBADA detokenizer: curly double quotes become '"', strip, and prepend a newline."""
-  text = text.replace("\N{LEFT DOUBLE QUOTATION MARK}", '"')
-  text = text.replace("\N{RIGHT DOUBLE QUOTATION MARK}", '"')
-  return "\n" + text.strip()
+    """LAMBADA detokenizer: curly double quotes become '"', strip, and prepend a newline."""
+    text = text.replace("\N{LEFT DOUBLE QUOTATION MARK}", '"')
+    text = text.replace("\N{RIGHT DOUBLE QUOTATION MARK}", '"')
+    return "\n" + text.strip()
 
 
 def identity(text: str) -> str:
-  return text
+    return text
 
 
 DETOKENIZERS: dict[str, Callable[[str], str]] = {

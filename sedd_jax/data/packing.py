@@ -32,140 +32,140 @@ CACHE_FORMAT = 1
 
 @dataclasses.dataclass
 class TokenizedCorpus:
-  tokens: np.ndarray   # [T] uint16 | int32
-  offsets: np.ndarray  # [D + 1] int64
+    tokens: np.ndarray   # [T] uint16 | int32
+    offsets: np.ndarray  # [D + 1] int64
 
-  @property
-  def num_documents(self) -> int:
-    return len(self.offsets) - 1
+    @property
+    def num_documents(self) -> int:
+        return len(self.offsets) - 1
 
-  @property
-  def num_tokens(self) -> int:
-    return int(len(self.tokens))
+    @property
+    def num_tokens(self) -> int:
+        return int(len(self.tokens))
 
 
 def token_dtype(vocab_size: int):
-  return np.uint16 if vocab_size <= 1 << 16 else np.int32
+    return np.uint16 if vocab_size <= 1 << 16 else np.int32
 
 
 def _encode_chunk(tokenizer, docs):
-  if hasattr(tokenizer, "encode_array"):  # text8: one long document, vectorised
-    return [tokenizer.encode_array(d) for d in docs]
-  return tokenizer.encode_batch(docs)
+    if hasattr(tokenizer, "encode_array"):  # text8: one long document, vectorised
+        return [tokenizer.encode_array(d) for d in docs]
+    return tokenizer.encode_batch(docs)
 
 
 def _chunks(docs: Iterable[str], size: int):
-  chunk = []
-  for d in docs:
-    chunk.append(d)
-    if len(chunk) == size:
-      yield chunk
-      chunk = []
-  if chunk:
-    yield chunk
+    chunk = []
+    for d in docs:
+        chunk.append(d)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def tokenize_documents(docs: Iterable[str], tokenizer, chunk_size: int = 1024) -> TokenizedCorpus:
-  """Tokenizes documents in memory, appending EOS after each one."""
-  dtype = token_dtype(tokenizer.vocab_size)
-  parts, lengths = [], []
-  for chunk in _chunks(docs, chunk_size):
-    for ids in _encode_chunk(tokenizer, chunk):
-      arr = np.empty(len(ids) + 1, dtype)
-      arr[:-1] = ids
-      arr[-1] = tokenizer.eos_id
-      parts.append(arr)
-      lengths.append(len(arr))
-  tokens = np.concatenate(parts) if parts else np.zeros((0,), dtype)
-  offsets = np.zeros(len(lengths) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  return TokenizedCorpus(tokens, offsets)
+    """Tokenizes documents in memory, appending EOS after each one."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    parts, lengths = [], []
+    for chunk in _chunks(docs, chunk_size):
+        for ids in _encode_chunk(tokenizer, chunk):
+            arr = np.empty(len(ids) + 1, dtype)
+            arr[:-1] = ids
+            arr[-1] = tokenizer.eos_id
+            parts.append(arr)
+            lengths.append(len(arr))
+    tokens = np.concatenate(parts) if parts else np.zeros((0,), dtype)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenizedCorpus(tokens, offsets)
 
 
 def write_tokenized(docs: Iterable[str], tokenizer, prefix: str, chunk_size: int = 1024,
                     meta: Optional[dict] = None, log_every: int = 0) -> TokenizedCorpus:
-  """Tokenizes documents (+EOS each) streaming into `prefix.*`; returns the memory-mapped corpus."""
-  os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-  dtype = token_dtype(tokenizer.vocab_size)
-  tmp = _util.tmp_suffix()
-  n_tokens, n_docs = 0, 0
-  with open(prefix + ".tokens.bin" + tmp, "wb") as ft, \
-       open(prefix + ".offsets.bin" + tmp, "wb") as fo:
-    fo.write(np.zeros(1, np.int64).tobytes())
-    for chunk in _chunks(docs, chunk_size):
-      encoded = _encode_chunk(tokenizer, chunk)
-      lengths = np.array([len(ids) + 1 for ids in encoded], np.int64)
-      flat = np.empty(int(lengths.sum()), dtype)
-      ends = np.cumsum(lengths)
-      starts = ends - lengths
-      for ids, s, e in zip(encoded, starts, ends):
-        flat[s:e - 1] = ids
-      flat[ends - 1] = tokenizer.eos_id
-      ft.write(flat.tobytes())
-      fo.write((n_tokens + ends).tobytes())
-      n_tokens += len(flat)
-      n_docs += len(encoded)
-      if log_every and n_docs // log_every != (n_docs - len(encoded)) // log_every:
-        print(f"  {prefix}: {n_docs} documents, {n_tokens} tokens", flush=True)
-  os.replace(prefix + ".tokens.bin" + tmp, prefix + ".tokens.bin")
-  os.replace(prefix + ".offsets.bin" + tmp, prefix + ".offsets.bin")
-  info = dict(meta or {}, format=CACHE_FORMAT, dtype=np.dtype(dtype).name, num_tokens=n_tokens,
-              num_documents=n_docs, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
-  with open(prefix + ".json" + tmp, "w") as f:
-    json.dump(info, f, indent=1)
-  os.replace(prefix + ".json" + tmp, prefix + ".json")
-  return load_tokenized(prefix)
+    """Tokenizes documents (+EOS each) streaming into `prefix.*`; returns the memory-mapped corpus."""
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    tmp = _util.tmp_suffix()
+    n_tokens, n_docs = 0, 0
+    with open(prefix + ".tokens.bin" + tmp, "wb") as ft, \
+            open(prefix + ".offsets.bin" + tmp, "wb") as fo:
+        fo.write(np.zeros(1, np.int64).tobytes())
+        for chunk in _chunks(docs, chunk_size):
+            encoded = _encode_chunk(tokenizer, chunk)
+            lengths = np.array([len(ids) + 1 for ids in encoded], np.int64)
+            flat = np.empty(int(lengths.sum()), dtype)
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+            for ids, s, e in zip(encoded, starts, ends):
+                flat[s:e - 1] = ids
+            flat[ends - 1] = tokenizer.eos_id
+            ft.write(flat.tobytes())
+            fo.write((n_tokens + ends).tobytes())
+            n_tokens += len(flat)
+            n_docs += len(encoded)
+            if log_every and n_docs // log_every != (n_docs - len(encoded)) // log_every:
+                print(f"  {prefix}: {n_docs} documents, {n_tokens} tokens", flush=True)
+    os.replace(prefix + ".tokens.bin" + tmp, prefix + ".tokens.bin")
+    os.replace(prefix + ".offsets.bin" + tmp, prefix + ".offsets.bin")
+    info = dict(meta or {}, format=CACHE_FORMAT, dtype=np.dtype(dtype).name, num_tokens=n_tokens,
+                num_documents=n_docs, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
+    with open(prefix + ".json" + tmp, "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(prefix + ".json" + tmp, prefix + ".json")
+    return load_tokenized(prefix)
 
 
 def load_tokenized(prefix: str) -> Optional[TokenizedCorpus]:
-  """The memory-mapped corpus at `prefix`, or None if there is no complete cache."""
-  try:
-    with open(prefix + ".json") as f:
-      info = json.load(f)
-  except FileNotFoundError:
-    return None
-  if info.get("format") != CACHE_FORMAT:
-    return None
-  n = info["num_tokens"]
-  tokens = (np.memmap(prefix + ".tokens.bin", dtype=info["dtype"], mode="r", shape=(n,))
-            if n else np.zeros((0,), info["dtype"]))
-  offsets = np.fromfile(prefix + ".offsets.bin", dtype=np.int64)
-  if len(offsets) != info["num_documents"] + 1 or offsets[-1] != n:
-    return None
-  return TokenizedCorpus(tokens, offsets)
+    """The memory-mapped corpus at `prefix`, or None if there is no complete cache."""
+    try:
+        with open(prefix + ".json") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        return None
+    if info.get("format") != CACHE_FORMAT:
+        return None
+    n = info["num_tokens"]
+    tokens = (np.memmap(prefix + ".tokens.bin", dtype=info["dtype"], mode="r", shape=(n,))
+              if n else np.zeros((0,), info["dtype"]))
+    offsets = np.fromfile(prefix + ".offsets.bin", dtype=np.int64)
+    if len(offsets) != info["num_documents"] + 1 or offsets[-1] != n:
+        return None
+    return TokenizedCorpus(tokens, offsets)
 
 
 def document_order(num_documents: int, seed: Optional[int]) -> Optional[np.ndarray]:
-  """The seeded document permutation (None: stored order)."""
-  if seed is None:
-    return None
-  return np.random.default_rng([int(seed), 0x5EDD]).permutation(num_documents)
+    """The seeded document permutation (None: stored order)."""
+    if seed is None:
+        return None
+    return np.random.default_rng([int(seed), 0x5EDD]).permutation(num_documents)
 
 
 def pack(corpus: TokenizedCorpus, length: int, seed: Optional[int] = None,
          what: str = "corpus") -> np.ndarray:
-  """Concatenates documents (seeded order if `seed` is not None) into blocks [N, length].
+    """Concatenates documents (seeded order if `seed` is not None) into blocks [N, length].
 
-  The trailing T mod length tokens are dropped. Without a seed the result is a view of the
-  (memory-mapped) token stream, so a corpus larger than memory costs no memory here.
-  """
-  if length <= 0:
-    raise ValueError(f"block length must be positive, got {length}")
-  n_blocks = corpus.num_tokens // length
-  if corpus.num_documents == 0 or n_blocks == 0:
-    raise ValueError(
-        f"{what} is empty or too small: {corpus.num_documents} documents, {corpus.num_tokens} "
-        f"tokens, fewer than one block of config.model.length={length} tokens")
-  order = document_order(corpus.num_documents, seed)
-  if order is None:
-    stream = corpus.tokens[: n_blocks * length]
-  else:
-    starts = corpus.offsets[:-1][order]
-    lengths = np.diff(corpus.offsets)[order]
-    new_starts = np.zeros_like(starts)
-    np.cumsum(lengths[:-1], out=new_starts[1:])
-    # gather index: token k of the permuted stream comes from starts[d] + (k - new_starts[d])
-    idx = np.repeat(starts - new_starts, lengths)
-    idx = idx[: n_blocks * length] + np.arange(n_blocks * length, dtype=np.int64)
-    stream = np.asarray(corpus.tokens)[idx]
-  return stream.reshape(n_blocks, length)
+    The trailing T mod length tokens are dropped. Without a seed the result is a view of the
+    (memory-mapped) token stream, so a corpus larger than memory costs no memory here.
+    """
+    if length <= 0:
+        raise ValueError(f"block length must be positive, got {length}")
+    n_blocks = corpus.num_tokens // length
+    if corpus.num_documents == 0 or n_blocks == 0:
+        raise ValueError(
+            f"{what} is empty or too small: {corpus.num_documents} documents, {corpus.num_tokens} "
+            f"tokens, fewer than one block of config.model.length={length} tokens")
+    order = document_order(corpus.num_documents, seed)
+    if order is None:
+        stream = corpus.tokens[: n_blocks * length]
+    else:
+        starts = corpus.offsets[:-1][order]
+        lengths = np.diff(corpus.offsets)[order]
+        new_starts = np.zeros_like(starts)
+        np.cumsum(lengths[:-1], out=new_starts[1:])
+        # gather index: token k of the permuted stream comes from starts[d] + (k - new_starts[d])
+        idx = np.repeat(starts - new_starts, lengths)
+        idx = idx[: n_blocks * length] + np.arange(n_blocks * length, dtype=np.int64)
+        stream = np.asarray(corpus.tokens)[idx]
+    return stream.reshape(n_blocks, length)

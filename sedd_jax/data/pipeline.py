@@ -25,64 +25,64 @@ import numpy as np
 
 
 def _to_int32(block):
-  return np.asarray(block, dtype=np.int32)
+    return np.asarray(block, dtype=np.int32)
 
 
 def _host_epochs_cls():
-  import grain
+    import grain
 
-  class HostEpochs(grain.MapDataset):
-    """Infinite MapDataset: index k -> the k-th block of this process's endless shuffled stream."""
+    class HostEpochs(grain.MapDataset):
+        """Infinite MapDataset: index k -> the k-th block of this process's endless shuffled stream."""
 
-    def __init__(self, shuffled, num_blocks: int, process_index: int, process_count: int):
-      super().__init__(shuffled)
-      self._num_blocks = num_blocks
-      self._index = process_index
-      self._count = process_count
-      self._per_process = num_blocks // process_count
+        def __init__(self, shuffled, num_blocks: int, process_index: int, process_count: int):
+            super().__init__(shuffled)
+            self._num_blocks = num_blocks
+            self._index = process_index
+            self._count = process_count
+            self._per_process = num_blocks // process_count
 
-    def __len__(self) -> int:
-      return sys.maxsize
+        def __len__(self) -> int:
+            return sys.maxsize
 
-    def __str__(self) -> str:
-      return f"HostEpochs(process={self._index}/{self._count}, blocks={self._num_blocks})"
+        def __str__(self) -> str:
+            return f"HostEpochs(process={self._index}/{self._count}, blocks={self._num_blocks})"
 
-    def __getitem__(self, index):
-      if isinstance(index, slice):
-        return self.slice(index)
-      epoch, position = divmod(int(index), self._per_process)
-      return self._parent[epoch * self._num_blocks + position * self._count + self._index]
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                return self.slice(index)
+            epoch, position = divmod(int(index), self._per_process)
+            return self._parent[epoch * self._num_blocks + position * self._count + self._index]
 
-  return HostEpochs
+    return HostEpochs
 
 
 def make_dataset(blocks: np.ndarray, *, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, what: str = "train"):
-  """The endless per-process `grain.MapDataset` of int32 batches [batch_size, L]."""
-  import grain
-  num_blocks = len(blocks)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  if batch_size <= 0:
-    raise ValueError(f"{what}: per-process batch size must be positive, got {batch_size}")
-  if num_blocks < process_count:
-    raise ValueError(f"{what}: {num_blocks} blocks cannot be shared by {process_count} processes")
-  shuffled = grain.MapDataset.source(blocks).shuffle(seed=int(seed) % (1 << 32))
-  ds = _host_epochs_cls()(shuffled, num_blocks, process_index, process_count)
-  return ds.map(_to_int32).batch(batch_size, drop_remainder=True)
+    """The endless per-process `grain.MapDataset` of int32 batches [batch_size, L]."""
+    import grain
+    num_blocks = len(blocks)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if batch_size <= 0:
+        raise ValueError(f"{what}: per-process batch size must be positive, got {batch_size}")
+    if num_blocks < process_count:
+        raise ValueError(f"{what}: {num_blocks} blocks cannot be shared by {process_count} processes")
+    shuffled = grain.MapDataset.source(blocks).shuffle(seed=int(seed) % (1 << 32))
+    ds = _host_epochs_cls()(shuffled, num_blocks, process_index, process_count)
+    return ds.map(_to_int32).batch(batch_size, drop_remainder=True)
 
 
 def make_iterator(blocks: np.ndarray, *, batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, num_workers: int = 0, what: str = "train"):
-  """A `grain.DatasetIterator` over `make_dataset(...)`; `num_workers` > 0 uses grain worker
-  processes (`mp_prefetch`), 0 reads in this process with a small thread prefetch."""
-  import grain
-  ds = make_dataset(blocks, batch_size=batch_size, seed=seed, process_index=process_index,
-                    process_count=process_count, what=what)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-  if num_workers > 0:
-    from absl import flags
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, plain scripts)
-      flags.FLAGS.mark_as_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(it_ds)
+    """A `grain.DatasetIterator` over `make_dataset(...)`; `num_workers` > 0 uses grain worker
+    processes (`mp_prefetch`), 0 reads in this process with a small thread prefetch."""
+    import grain
+    ds = make_dataset(blocks, batch_size=batch_size, seed=seed, process_index=process_index,
+                      process_count=process_count, what=what)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    if num_workers > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, plain scripts)
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it_ds)

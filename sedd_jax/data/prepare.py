@@ -29,37 +29,37 @@ _SPLIT = flags.DEFINE_string("split", None, "prepare only this split")
 
 
 def prepare(config, workdir, dataset=None, split=None) -> list:
-  """Tokenizes and caches the requested (dataset, split) pairs; returns their cache prefixes."""
-  if dataset:
-    pairs = [(dataset, s) for s in ([split] if split else sources.get_spec(dataset).splits)]
-  else:
-    pairs = [(config.data.train, "train"),
-             (config.data.valid, sources.get_spec(config.data.valid).eval_split)]
-    if split:
-      pairs = [p for p in pairs if p[1] == split]
-  tok = datasets.get_tokenizer(config, workdir)
-  prefixes = []
-  for name, part in pairs:
-    prefix = datasets.tokenized_prefix(config, workdir, name, part, tok)
-    corpus = packing.load_tokenized(prefix)
-    if corpus is None:
-      start = time.time()
-      print(f"preparing {name}/{part} -> {prefix}", flush=True)
-      corpus = packing.write_tokenized(sources.load_documents(name, part, config), tok, prefix,
-                                       meta=dict(dataset=name, split=part, tokenizer=tok.name),
-                                       log_every=100_000)
-      print(f"  done in {time.time() - start:.0f}s", flush=True)
-    print(f"{name}/{part}: {corpus.num_documents} documents, {corpus.num_tokens} tokens "
-          f"({corpus.tokens.nbytes / 1e9:.2f} GB) at {prefix}", flush=True)
-    prefixes.append(prefix)
-  return prefixes
+    """Tokenizes and caches the requested (dataset, split) pairs; returns their cache prefixes."""
+    if dataset:
+        pairs = [(dataset, s) for s in ([split] if split else sources.get_spec(dataset).splits)]
+    else:
+        pairs = [(config.data.train, "train"),
+                 (config.data.valid, sources.get_spec(config.data.valid).eval_split)]
+        if split:
+            pairs = [p for p in pairs if p[1] == split]
+    tok = datasets.get_tokenizer(config, workdir)
+    prefixes = []
+    for name, part in pairs:
+        prefix = datasets.tokenized_prefix(config, workdir, name, part, tok)
+        corpus = packing.load_tokenized(prefix)
+        if corpus is None:
+            start = time.time()
+            print(f"preparing {name}/{part} -> {prefix}", flush=True)
+            corpus = packing.write_tokenized(sources.load_documents(name, part, config), tok, prefix,
+                                             meta=dict(dataset=name, split=part, tokenizer=tok.name),
+                                             log_every=100_000)
+            print(f"  done in {time.time() - start:.0f}s", flush=True)
+        print(f"{name}/{part}: {corpus.num_documents} documents, {corpus.num_tokens} tokens "
+              f"({corpus.tokens.nbytes / 1e9:.2f} GB) at {prefix}", flush=True)
+        prefixes.append(prefix)
+    return prefixes
 
 
 def main(argv):
-  del argv
-  prepare(_CONFIG.value, _WORKDIR.value, _DATASET.value, _SPLIT.value)
+    del argv
+    prepare(_CONFIG.value, _WORKDIR.value, _DATASET.value, _SPLIT.value)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
