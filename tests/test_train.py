@@ -84,18 +84,25 @@ def test_sigterm_saves_current_step_and_resumes(tmp_path):
     assert max(train_losses(workdir)) == stopped + 3
 
 
-def test_same_losses_on_one_and_eight_devices(tmp_path):
+def test_same_losses_on_one_and_eight_devices_and_resume_across_meshes(tmp_path):
     single, sharded = tmp_path / "one", tmp_path / "eight"
-    a = _run(main_command(tmp_path, single, training__n_iters=6))
+    a = _run(main_command(tmp_path, single, training__n_iters=8))
     b = _run(main_command(tmp_path, sharded, training__n_iters=6, mesh__data=2, mesh__fsdp=4), devices=8)
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert "'data': 2, 'fsdp': 4, 'tensor': 1" in b.stdout
     share = float(b.stdout.split("per-device parameter share ")[1].split()[0])
     assert share < 0.6, b.stdout  # split over the 4 fsdp shards (small conditioning weights stay replicated)
     la, lb = train_losses(single), train_losses(sharded)
-    assert sorted(la) == sorted(lb) == list(range(1, 7))
-    for step in la:
+    assert sorted(la) == list(range(1, 9)) and sorted(lb) == list(range(1, 7))
+    for step in lb:
         assert abs(la[step] - lb[step]) < 1e-4 * abs(la[step]), (step, la[step], lb[step])
+    # The FSDP checkpoint restores onto a single device and continues the same trajectory.
+    c = _run(main_command(tmp_path, sharded, training__n_iters=8))
+    assert c.returncode == 0, c.stderr
+    assert f"resumed {sharded} from step 6" in c.stdout and "'data': 1, 'fsdp': 1" in c.stdout
+    lc = train_losses(sharded)
+    for step in (7, 8):
+        assert abs(la[step] - lc[step]) < 1e-4 * abs(la[step]), (step, la[step], lc[step])
 
 
 CHECK_SHARDED = """
