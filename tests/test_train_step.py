@@ -1,0 +1,82 @@
+"""The pure pieces of the trainer: warm-up, EMA, gradient accumulation, skipped non-finite updates."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sedd_jax import models, parallel, train
+from tests.train_testing import config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    c = config(tmp_path_factory.mktemp("cfg"))
+    model = models.get_model(c)
+    params = flax.core.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1,))))["params"]
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    return c, model, params
+
+
+def _state(optimizer, params):
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                ema=jax.tree.map(jnp.copy, params), skipped=jnp.zeros((), jnp.int32))
+
+
+def _deterministic_loss(scale=1.0):
+    """A loss that ignores its key, so accumulated and whole-batch gradients can be compared exactly."""
+    def loss_fn(log_score_fn, key, x0):
+        del key
+        return scale * (log_score_fn(x0, jnp.full((x0.shape[0],), 0.7)) ** 2).mean(axis=(1, 2))
+    return loss_fn
+
+
+def test_warmup_and_ema_schedules(setup):
+    c, _, _ = setup
+    c.optim.lr, c.optim.warmup, c.training.ema = 3e-4, 2500, 0.9999
+    schedule = train.learning_rate_schedule(c)
+    np.testing.assert_allclose([schedule(0), schedule(1249), schedule(2499), schedule(10**6)],
+                               [3e-4 / 2500, 3e-4 / 2, 3e-4, 3e-4], rtol=1e-6)
+    np.testing.assert_allclose(train.ema_decay(c, jnp.asarray(1)), 2 / 11, rtol=1e-6)
+    np.testing.assert_allclose(train.ema_decay(c, jnp.asarray(10**7)), 0.9999, rtol=1e-7)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(setup):
+    c, model, params = setup
+    mesh = parallel.create_mesh(c)
+    optimizer = train.create_optimizer(c)
+    batch = jax.random.randint(jax.random.key(2), (8, 32), 0, 28)
+    results = []
+    for accum in (1, 2, 4):
+        c.training.accum = accum
+        step = jax.jit(train.make_train_step(c, model, _deterministic_loss(), optimizer, mesh))
+        results.append(step(_state(optimizer, params), batch, jax.random.key(3)))
+    c.training.accum = 1
+    (s1, m1), *others = results
+    for s, m in others:
+        np.testing.assert_allclose(m["train_loss"], m1["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(m["grad_norm"], m1["grad_norm"], rtol=1e-4)
+        for a, b in zip(jax.tree.leaves(s["params"]), jax.tree.leaves(s1["params"])):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    # One update moved the parameters, and the EMA moved by (1 - 2/11) of the way (first decay 2/11).
+    delta = jax.tree.leaves(jax.tree.map(lambda a, b: a - b, s1["params"], params))
+    assert max(float(jnp.abs(d).max()) for d in delta) > 0
+    ema_delta = jax.tree.leaves(jax.tree.map(lambda a, b: a - b, s1["ema"], params))
+    for d, e in zip(delta, ema_delta):
+        np.testing.assert_allclose(e, (1 - 2 / 11) * d, atol=1e-7)
+
+
+def test_non_finite_update_is_skipped_and_counted(setup):
+    c, model, params = setup
+    mesh = parallel.create_mesh(c)
+    optimizer = train.create_optimizer(c)
+    step = jax.jit(train.make_train_step(c, model, _deterministic_loss(scale=jnp.nan), optimizer, mesh))
+    state = _state(optimizer, params)
+    new_state, metrics = step(state, jnp.zeros((8, 32), jnp.int32), jax.random.key(0))
+    assert int(new_state["skipped"]) == 1 and int(new_state["step"]) == 1
+    assert np.isnan(float(metrics["train_loss"]))
+    for a, b in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(new_state["opt_state"]), jax.tree.leaves(optimizer.init(params))):
+        np.testing.assert_array_equal(a, b)
