@@ -18,7 +18,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from sedd_jax import graphs, models, noise as noise_lib, sampling
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,6 @@ samples/iter_<step>.txt.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -185,9 +184,24 @@ def _write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer) -> No
     (directory / f"iter_{step}.txt").write_text(text)
 
 
+def _snapshot_sampler(config, model, graph, noise, out_sharding):
+    """jitted (ema_params, key) -> int32[sampling.batch_size, L] samples for the snapshot text files."""
+    from sedd_jax import sampling
+
+    pc_sampler = sampling.get_pc_sampler(
+        graph, noise, (config.sampling.batch_size, config.model.length), config.sampling.predictor,
+        config.sampling.steps, denoise=config.sampling.noise_removal)
+
+    def sample(params, key):
+        score_fn = lambda x, sigma: jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
+        return pc_sampler(score_fn, key)
+
+    return jax.jit(sample, out_shardings=out_sharding)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
-    from sedd_jax import data, sampling
+    from sedd_jax import data
 
     configs.validate(config)
     mesh = parallel.create_mesh(config)
@@ -199,7 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = models.get_model(config, config.model.compute_dtype)
     optimizer = create_optimizer(config)
     loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
-    length = int(config.model.length)
+    length, t = int(config.model.length), config.training
 
     # Shardings from logical axis names, before anything is allocated.
     dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.float32))
@@ -254,20 +268,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         key_shape).compile()
     _log(f"compiled train and eval steps in {time.time() - started:.1f}s")
 
-    sampler = None
-    if config.training.snapshot_sampling:
-        pc_sampler = sampling.get_pc_sampler(
-            graph, noise, (config.sampling.batch_size, length), config.sampling.predictor, config.sampling.steps,
-            denoise=config.sampling.noise_removal)
-
-        @functools.partial(jax.jit, out_shardings=replicated)
-        def sampler(params, key):
-            score_fn = lambda x, sigma: jnp.exp(
-                model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
-            return pc_sampler(score_fn, key)
+    sampler = _snapshot_sampler(config, model, graph, noise, replicated) if t.snapshot_sampling else None
 
     metrics_log = _MetricsLog(workdir)
-    n_iters, t = int(config.training.n_iters), config.training
+    n_iters = int(t.n_iters)
     step = int(state["step"])
     pending: list[dict] = []
     window_start, window_step = time.time(), step

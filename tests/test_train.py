@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from sedd_jax import configs, parallel, pretrained, train
-from tests import train_testing
 from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
 
 
