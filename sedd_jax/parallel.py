@@ -55,10 +55,6 @@ def create_mesh(config) -> Mesh:
     return Mesh(devices, MESH_AXES)
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
-
-
 def logical_rules(config) -> tuple[tuple[str, str | None], ...]:
     return tuple((name, axis) for name, axis in config.mesh.rules)
 

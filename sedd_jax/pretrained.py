@@ -256,14 +256,15 @@ class Pretrained:
         encode = lambda text: self.tokenizer.encode(text) if text else None
         prefix_ids, suffix_ids = encode(prefix), encode(suffix)
         ids = sampling.sample_sequences(
-            jax.tree_util.Partial(functools.partial(_exp_score, self.model), self.params), self.graph, self.noise, key, batch_size,
+            jax.tree_util.Partial(functools.partial(exp_score, self.model), self.params), self.graph, self.noise, key, batch_size,
             int(length or self.config.model.length), steps, predictor, prefix_ids, suffix_ids, method=method,
             progress_every=progress_every)
         return ids, [self.tokenizer.decode(row.tolist()) for row in ids]
 
 
-def _exp_score(model: models.SEDD, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
-    """Positive ratios exp(log_score) `[B, L, V]` float32; params stay a traced argument."""
+def exp_score(model: models.SEDD, params, x: jax.Array, sigma: jax.Array) -> jax.Array:
+    """The model's positive ratios exp(log_score) `[B, L, V]` float32, for samplers (pass params as a traced
+    argument, e.g. through `jax.tree_util.Partial`, never as a closed-over constant)."""
     return jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
 
 

@@ -59,11 +59,6 @@ def _parse_ids(text: str | None, flag: str) -> list[int] | None:
         raise ValueError(f"--{flag} must be comma-separated integers, got {text!r}") from None
 
 
-def _exp_score(model, params, x, sigma):
-    import jax.numpy as jnp
-    return jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -101,7 +96,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     progress_every = args.progress_every
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
-    score_fn = jax.tree_util.Partial(functools.partial(_exp_score, model.model), model.params)
+    score_fn = jax.tree_util.Partial(functools.partial(pretrained.exp_score, model.model), model.params)
     _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps "
          "(the first call compiles the sampler)")
     start = time.time()

@@ -193,8 +193,7 @@ def _snapshot_sampler(config, model, graph, noise, out_sharding):
         config.sampling.steps, denoise=config.sampling.noise_removal)
 
     def sample(params, key):
-        score_fn = lambda x, sigma: jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
-        return pc_sampler(score_fn, key)
+        return pc_sampler(lambda x, sigma: pretrained.exp_score(model, params, x, sigma), key)
 
     return jax.jit(sample, out_shardings=out_sharding)
 
