@@ -10,8 +10,6 @@ from sedd_jax.configs import base_config
 
 def get_config():
     c = base_config()
-    compute_dtype = c.model.compute_dtype
-    c.model = models.model_config("medium")
-    c.model.compute_dtype = compute_dtype
+    c.model.update(models.model_config("medium"))
     c.training.accum = 2
     return c

@@ -110,6 +110,45 @@ def make_eval_step(config, model, loss_fn):
     return eval_step
 
 
+def train_state_layout(config, model, optimizer, mesh, init_key):
+    """How the train state is built and laid out over `mesh`, before anything is allocated.
+
+    Returns (init_state, abstract_state, state_shardings): `init_state(key) -> TrainState` (jit it with
+    `out_shardings=state_shardings`), the state's `jax.ShapeDtypeStruct` tree carrying those shardings, and the
+    NamedSharding tree (parameters, EMA and optimizer moments sharded by the logical-axis rules; step and
+    counters replicated)."""
+    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.float32))
+    boxed = jax.eval_shape(lambda k: model.init(k, *dummy)["params"], jax.random.key(0))
+    param_shardings = parallel.param_shardings(boxed, mesh, parallel.logical_rules(config))
+    replicated = parallel.replicated(mesh)
+
+    def init_state(key) -> TrainState:
+        params = flax.core.meta.unbox(model.init(key, *dummy)["params"])
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    ema=jax.tree.map(jnp.copy, params), skipped=jnp.zeros((), jnp.int32))
+
+    abstract_state = jax.eval_shape(init_state, init_key)
+    state_shardings = dict(
+        step=replicated, params=param_shardings, ema=param_shardings, skipped=replicated,
+        opt_state=optax.tree_map_params(optimizer, lambda _, s: s, abstract_state["opt_state"], param_shardings,
+                                        transform_non_params=lambda _: replicated))
+    return init_state, _with_shardings(abstract_state, state_shardings), state_shardings
+
+
+def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings):
+    """`make_train_step` jitted with explicit shardings, the state donated (updated in place), and compiled
+    ahead of time for a `[training.batch_size, model.length]` int32 batch. Returns the compiled step."""
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    batch_shape = jax.ShapeDtypeStruct((config.training.batch_size, int(config.model.length)), jnp.int32,
+                                       sharding=batch_sharding)
+    key = jax.random.key(0)
+    key_shape = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+    train_step = jax.jit(make_train_step(config, model, loss_fn, optimizer, mesh),
+                         in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return train_step.lower(abstract_state, batch_shape, key_shape).compile()
+
+
 # --------------------------------------------------------------------------------------- the loop
 
 def _with_shardings(tree, shardings):
@@ -214,25 +253,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
     length, t = int(config.model.length), config.training
 
-    # Shardings from logical axis names, before anything is allocated.
-    dummy = (jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.float32))
-    boxed = jax.eval_shape(lambda k: model.init(k, *dummy)["params"], jax.random.key(0))
-    param_shardings = parallel.param_shardings(boxed, mesh, parallel.logical_rules(config))
-    replicated = parallel.replicated(mesh)
-
-    def init_state(key) -> TrainState:
-        params = flax.core.meta.unbox(model.init(key, *dummy)["params"])
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    ema=jax.tree.map(jnp.copy, params), skipped=jnp.zeros((), jnp.int32))
-
     base_key = jax.random.key(int(config.training.seed))
     init_key, train_key, eval_key, sample_key = jax.random.split(base_key, 4)
-    abstract_state = jax.eval_shape(init_state, init_key)
-    state_shardings = dict(
-        step=replicated, params=param_shardings, ema=param_shardings, skipped=replicated,
-        opt_state=optax.tree_map_params(optimizer, lambda _, s: s, abstract_state["opt_state"], param_shardings,
-                                        transform_non_params=lambda _: replicated))
-    abstract_state = _with_shardings(abstract_state, state_shardings)
+    init_state, abstract_state, state_shardings = train_state_layout(config, model, optimizer, mesh, init_key)
+    param_shardings, replicated = state_shardings["params"], parallel.replicated(mesh)
 
     manager = checkpoints.create_manager(workdir, config)
     latest = manager.latest_step()
@@ -251,13 +275,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
          f"{sharding_report['ratio']:.3f}")
 
     batch_sharding = parallel.batch_sharding(mesh)
-    batch_shape = jax.ShapeDtypeStruct((config.training.batch_size, length), jnp.int32, sharding=batch_sharding)
     key_shape = jax.ShapeDtypeStruct(train_key.shape, train_key.dtype, sharding=replicated)
     started = time.time()
-    train_step = jax.jit(make_train_step(config, model, loss_fn, optimizer, mesh),
-                         in_shardings=(state_shardings, batch_sharding, replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
-    train_step = train_step.lower(abstract_state, batch_shape, key_shape).compile()
+    train_step = compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings)
     _report_memory(train_step, "train step")
     eval_step = jax.jit(make_eval_step(config, model, loss_fn),
                         in_shardings=(param_shardings, batch_sharding, replicated), out_shardings=replicated)

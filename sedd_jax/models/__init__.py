@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sedd_jax.models.transformer import SEDD, compute_dtype_of
+from sedd_jax.models.transformer import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, SEDD, compute_dtype_of
 
 # The reference's model configs (§0.1); "tiny" is sedd-jax's offline CPU default.
 MODEL_SIZES = {
@@ -16,6 +16,11 @@ MODEL_SIZES = {
     "small": dict(hidden_size=768, n_heads=12, n_blocks=12, cond_dim=128, length=1024, dropout=0.1, scale_by_sigma=True),
     "medium": dict(hidden_size=1024, n_heads=16, n_blocks=24, cond_dim=128, length=1024, dropout=0.1, scale_by_sigma=True),
 }
+
+
+# How the network runs (not what it computes): see `SEDD`'s attributes. The trainer's defaults are in
+# sedd_jax.configs; these apply where a config does not say (official checkpoints, older workdirs).
+EXECUTION_DEFAULTS = dict(attention="plain", scan_blocks=False, remat="none")
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
@@ -39,6 +44,19 @@ def validate_model_config(config) -> None:
                          "absorbing graph's parameterisation); set --config.model.scale_by_sigma=False")
     if not 0 <= m.dropout < 1:
         raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    attention, _, remat = execution_options(m)
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attention={attention!r}; choose one of {sorted(ATTENTION_IMPLEMENTATIONS)}")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+
+
+def execution_options(model_config) -> tuple[str, bool, str]:
+    """(attention, scan_blocks, remat) of a `model.*` block: how the network runs, not what it computes.
+    Configs written before these fields existed (and official checkpoints) get the defaults."""
+    return (model_config.get("attention", EXECUTION_DEFAULTS["attention"]),
+            bool(model_config.get("scan_blocks", EXECUTION_DEFAULTS["scan_blocks"])),
+            model_config.get("remat", EXECUTION_DEFAULTS["remat"]))
 
 
 def get_model(config, compute_dtype: str = "float32") -> SEDD:
@@ -49,9 +67,10 @@ def get_model(config, compute_dtype: str = "float32") -> SEDD:
     validate_model_config(config)
     compute_dtype_of(compute_dtype)
     m = config.model
+    attention, scan_blocks, remat = execution_options(m)
     return SEDD(vocab_size=graph.dim, hidden_size=m.hidden_size, n_heads=m.n_heads, n_blocks=m.n_blocks,
                 cond_dim=m.cond_dim, dropout=float(m.dropout), scale_by_sigma=bool(m.scale_by_sigma),
-                compute_dtype=compute_dtype)
+                compute_dtype=compute_dtype, attention=attention, scan_blocks=scan_blocks, remat=remat)
 
 
 __all__ = ["SEDD", "get_model", "model_config", "validate_model_config", "MODEL_SIZES"]

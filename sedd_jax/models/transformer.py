@@ -108,6 +108,40 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
 
 
+def plain_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Bidirectional softmax attention written out: q, k, v `[B, L, nh, dh]` -> `[B, L, nh, dh]` in v's dtype.
+
+    q is scaled by 1/sqrt(dh) before the product (an [L, dh] multiply instead of an [L, L] one); scores,
+    softmax and the weighted sum accumulate in float32. Heads are moved next to the batch so both products
+    are plain batched matmuls (no transposed copies of the [B, nh, L, L] scores on CPUs)."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    q, k, v = (u.transpose(0, 2, 1, 3) for u in (q * jnp.asarray(scale, q.dtype), k, v))  # [B, nh, L, dh]
+    scores = jnp.einsum("bhld,bhmd->bhlm", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhlm,bhmd->bhld", weights, v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """`jax.nn.dot_product_attention` (same shapes and math as `plain_attention`): cuDNN's fused flash attention
+    on NVIDIA GPUs for bfloat16 inputs, XLA's implementation elsewhere."""
+    implementation = None
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        implementation = "cudnn"
+    return jax.nn.dot_product_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1]), implementation=implementation)
+
+
+ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention}
+
+# Rematerialisation policies for the blocks' backward pass (`SEDD.remat`): which forward values are kept.
+REMAT_POLICIES = {
+    "none": None,                                                   # keep everything (no recomputation)
+    "dots": jax.checkpoint_policies.dots_saveable,                  # keep matmul outputs, recompute the rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # ... but not attention's
+    "full": jax.checkpoint_policies.nothing_saveable,               # keep each block's input only
+}
+
+
 class DDiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-zero modulation. x `[B, L, H]` float32, c `[B, C]` float32."""
 
@@ -115,6 +149,7 @@ class DDiTBlock(nn.Module):
     n_heads: int
     dropout: float
     dtype: jnp.dtype
+    attention: str = "plain"
 
     @nn.compact
     def __call__(self, x, c, cos, sin, train: bool):
@@ -129,7 +164,7 @@ class DDiTBlock(nn.Module):
         qkv = qkv.reshape(b, length, 3, self.n_heads, head_dim)
         q = apply_rotary(qkv[:, :, 0], cos, sin)
         k = apply_rotary(qkv[:, :, 1], cos, sin)
-        attn = jax.nn.dot_product_attention(q, k, qkv[:, :, 2], scale=1 / math.sqrt(head_dim))
+        attn = ATTENTION_IMPLEMENTATIONS[self.attention](q, k, qkv[:, :, 2])
         attn = TorchLinear(h, ("heads", "embed"), self.dtype, use_bias=False, name="attn_out")(
             attn.reshape(b, length, h))
         x = x + gate_msa[:, None] * drop(attn)
@@ -148,6 +183,12 @@ class SEDD(nn.Module):
       hidden_size, n_heads, n_blocks, cond_dim, dropout: as the reference's `model.*` config.
       scale_by_sigma: subtract log(e^sigma - 1) + log(V - 1) from the logits (absorb only).
       compute_dtype: "float32" or "bfloat16" (see the module docstring).
+      attention: "plain" (written-out softmax attention) or "fused" (`jax.nn.dot_product_attention`: cuDNN
+        flash attention on GPUs in bfloat16); the same function either way.
+      scan_blocks: run the blocks as one `lax.scan` (one compiled block: faster compiles, and on CPUs a much
+        faster backward pass); parameters are stored per block either way. Dropout masks differ between the
+        two paths (both are valid draws).
+      remat: rematerialisation policy of the blocks in the backward pass, a key of `REMAT_POLICIES`.
     """
 
     vocab_size: int
@@ -158,6 +199,28 @@ class SEDD(nn.Module):
     dropout: float = 0.1
     scale_by_sigma: bool = True
     compute_dtype: str = "float32"
+    attention: str = "plain"
+    scan_blocks: bool = False
+    remat: str = "none"
+
+    def _scanned_blocks(self, x, c, cos, sin, train: bool, dtype):
+        """The blocks as one `lax.scan` over their parameters stacked on the fly (the stored tree keeps one
+        `blocks_<i>` entry per block, so checkpoints do not depend on this switch). x `[B, L, H]` float32."""
+        params = self.variables["params"]
+        stacked = jax.tree.map(lambda *p: jnp.stack(p), *[params[f"blocks_{i}"] for i in range(self.n_blocks)])
+        dropout_keys = (jax.random.split(self.make_rng("dropout"), self.n_blocks) if train and self.dropout > 0
+                        else jnp.zeros((self.n_blocks,)))
+        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, dtype, self.attention, parent=None)
+
+        def body(x, inputs):
+            block_params, key = inputs
+            rngs = {"dropout": key} if train and self.dropout > 0 else {}
+            return block.apply({"params": block_params}, x, c, cos, sin, train, rngs=rngs), None
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (stacked, dropout_keys))
+        return x
 
     @nn.compact
     def __call__(self, indices: jax.Array, sigma: jax.Array, train: bool = False) -> jax.Array:
@@ -180,9 +243,14 @@ class SEDD(nn.Module):
         c = nn.silu(c)
 
         cos, sin = rotary_angles(length, self.hidden_size // self.n_heads)
-        for i in range(self.n_blocks):
-            x = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, dtype, name=f"blocks_{i}")(
-                x, c, cos, sin, train)
+        if self.scan_blocks and not self.is_initializing():
+            x = self._scanned_blocks(x, c, cos, sin, train, dtype)
+        else:
+            policy = REMAT_POLICIES[self.remat]
+            block = DDiTBlock if self.remat == "none" else nn.remat(DDiTBlock, policy=policy, static_argnums=(5,))
+            for i in range(self.n_blocks):
+                x = block(self.hidden_size, self.n_heads, self.dropout, dtype, self.attention, name=f"blocks_{i}")(
+                    x, c, cos, sin, train)
 
         mod = TorchLinear(2 * self.hidden_size, ("cond", "modulation"), dtype, zero_init=True,
                           name="final_adaLN")(c)

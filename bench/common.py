@@ -1,0 +1,107 @@
+"""Shared pieces of the benchmarks: the benchmark configuration, median timing, memory and device figures.
+
+Imports only the core (jax, flax, optax, ml_collections), so the benchmarks run on an accelerator machine that
+has JAX but not TensorFlow, TFDS, grain or clu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from sedd_jax import configs, models  # noqa: E402
+
+# The configuration of the side-by-side CPU comparison with the PyTorch reference (issue 8's table).
+BENCH_MODEL = dict(hidden_size=256, n_heads=4, n_blocks=4, cond_dim=128, length=256, dropout=0.1,
+                   attention="plain")  # plain attention is the faster on CPUs
+BENCH_TOKENS = 1000
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="bench", choices=["bench"] + sorted(models.MODEL_SIZES),
+                        help="'bench': hidden 256, 4 heads, 4 blocks, cond 128 (the reference comparison)")
+    parser.add_argument("--tokens", type=int, default=None, help="vocabulary (default: 1000 for bench, else 50257)")
+    parser.add_argument("--graph", default="absorb", choices=("absorb", "uniform"))
+    parser.add_argument("--length", type=int, default=None, help="sequence length (default: the size's)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dropout", type=float, default=None, help="default: the size's (0.1 for bench)")
+    parser.add_argument("--attention", default=None, choices=("plain", "fused"), help="default: the config's")
+    parser.add_argument("--scan_blocks", type=int, default=None, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--remat", default=None, choices=sorted(models.REMAT_POLICIES), help="default: the config's")
+
+
+def config_from_flags(args):
+    """A training config (sedd_jax.configs.base_config) with the benchmark's model, vocabulary and batch."""
+    c = configs.base_config()
+    size = BENCH_MODEL if args.size == "bench" else models.MODEL_SIZES[args.size]
+    c.model.update({k: v for k, v in size.items()})
+    c.model.name = args.size
+    c.tokens = args.tokens or (BENCH_TOKENS if args.size == "bench" else 50257)
+    c.graph.type = args.graph
+    if args.graph == "uniform":
+        c.noise.type, c.model.scale_by_sigma = "geometric", False
+    c.model.length = args.length or c.model.length
+    c.model.compute_dtype = args.compute_dtype
+    for field in ("dropout", "attention", "remat"):
+        if getattr(args, field) is not None:
+            c.model[field] = getattr(args, field)
+    if args.scan_blocks is not None:
+        c.model.scan_blocks = bool(args.scan_blocks)
+    c.training.batch_size = args.batch_size
+    c.eval.batch_size = args.batch_size
+    configs.validate(c)
+    return c
+
+
+def describe(config) -> str:
+    m = config.model
+    return (f"{m.name}: hidden {m.hidden_size}, {m.n_heads} heads, {m.n_blocks} blocks, cond {m.cond_dim}, "
+            f"tokens {config.tokens} {config.graph.type}, L {m.length}, batch {config.training.batch_size}, "
+            f"{m.compute_dtype}, dropout {m.dropout}, attention {m.attention}, scan_blocks {m.scan_blocks}, "
+            f"remat {m.remat}")
+
+
+def device_line() -> str:
+    d = jax.devices()[0]
+    return f"device: {d.device_kind} x {jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}"
+
+
+def time_calls(fn, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn()` (each waited for with block_until_ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def peak_memory_line() -> str:
+    """Peak memory so far: the accelerator's peak bytes in use, or the process's peak RSS on CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return f"peak device memory {stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+
+
+def compiled_memory_line(compiled) -> str:
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return "compiled memory: not reported on this backend"
+    mib = lambda n: n / 2**20
+    return (f"compiled memory per device: arguments {mib(analysis.argument_size_in_bytes):.1f} MiB, temporaries "
+            f"{mib(analysis.temp_size_in_bytes):.1f} MiB, outputs {mib(analysis.output_size_in_bytes):.1f} MiB "
+            f"(aliased {mib(analysis.alias_size_in_bytes):.1f} MiB)")

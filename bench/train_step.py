@@ -1,0 +1,77 @@
+"""Training speed: median train-step time, tokens/s, memory, compile time and (on GPU/TPU) MFU.
+
+    python bench/train_step.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8]
+        [--compute_dtype=float32|bfloat16] [--attention=plain|fused] [--scan_blocks=0|1] [--remat=...]
+        [--steps=20]
+
+Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
+cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
+(`sedd_jax.train.compile_train_step`: sharded over all devices, state donated). MFU uses the analytic matmul
+FLOPs of `sedd_jax.flops` (bidirectional attention, forward + backward, recomputation not counted) and the
+chip's data-sheet peak. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import common  # noqa: F401  (puts the repository on sys.path)
+import jax
+import numpy as np
+
+from sedd_jax import flops, graphs, losses, models, noise as noise_lib, parallel, train
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_model_flags(p)
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
+    args = p.parse_args()
+    config = common.config_from_flags(args)
+    print(common.describe(config))
+    print(common.device_line())
+
+    mesh = parallel.create_mesh(config)
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    noise = noise_lib.get_noise(config.noise.type, eps=config.noise.eps, sigma_min=config.noise.sigma_min,
+                                sigma_max=config.noise.sigma_max)
+    model = models.get_model(config, config.model.compute_dtype)
+    optimizer = train.create_optimizer(config)
+    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+
+    started = time.perf_counter()
+    init_state, abstract_state, shardings = train.train_state_layout(config, model, optimizer, mesh,
+                                                                     jax.random.key(0))
+    step = train.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+    compile_s = time.perf_counter() - started
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+
+    b, length = config.training.batch_size, config.model.length
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(rng.integers(0, config.tokens, (b, length), dtype=np.int32), parallel.batch_sharding(mesh))
+    key = jax.random.key(1)
+
+    def one_step():
+        nonlocal state
+        state, metrics = step(state, batch, key)
+        return metrics
+
+    common.time_calls(one_step, 2)
+    times = common.time_calls(one_step, args.steps)
+    t = common.median(times)
+    tokens_per_s = b * length / t
+    print(f"parameters {n_params:,}; compile {compile_s:.1f} s")
+    print(common.compiled_memory_line(step))
+    print(f"train step median {t * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, "
+          f"{args.steps} steps) | {tokens_per_s:,.0f} tokens/s | {common.peak_memory_line()}")
+    per_token = flops.train_flops_per_token(config, graph.dim)
+    achieved = per_token * tokens_per_s / jax.device_count()
+    utilisation = flops.mfu(achieved, jax.devices()[0].device_kind, config.model.compute_dtype)
+    print(f"analytic train FLOPs {per_token / 1e6:.1f} MFLOP/token -> {achieved / 1e12:.2f} TFLOP/s per chip"
+          + (f" | MFU {100 * utilisation:.1f}%" if utilisation is not None else " | MFU: peak unknown for this chip"))
+
+
+if __name__ == "__main__":
+    main()
