@@ -23,6 +23,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 FREQUENCY_EMBEDDING_SIZE = 256
 LAYER_NORM_EPS = 1e-5
@@ -133,13 +134,33 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention}
 
+DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by every remat policy (1 byte per
+                               # activation; redrawing them would cost more than the rest of the recomputation)
+
+
+def _keeping_dropout_masks(policy):
+    return jax.checkpoint_policies.save_from_both_policies(
+        policy, jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK))
+
+
 # Rematerialisation policies for the blocks' backward pass (`SEDD.remat`): which forward values are kept.
 REMAT_POLICIES = {
     "none": None,                                                   # keep everything (no recomputation)
-    "dots": jax.checkpoint_policies.dots_saveable,                  # keep matmul outputs, recompute the rest
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # ... but not attention's
-    "full": jax.checkpoint_policies.nothing_saveable,               # keep each block's input only
+    "dots": _keeping_dropout_masks(jax.checkpoint_policies.dots_saveable),  # matmul outputs; recompute the rest
+    "dots_no_batch": _keeping_dropout_masks(jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+                                                                    # ... but not attention's scores / values
+    "full": _keeping_dropout_masks(jax.checkpoint_policies.nothing_saveable),  # each block's input only
 }
+
+
+def dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """Inverted dropout as `nn.Dropout` computes it (keep with probability 1 - rate, scale by 1 / (1 - rate));
+    the mask is named for the remat policies. Draws from `module`'s "dropout" rng stream."""
+    if not train or rate == 0:
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1 - rate, x.shape)
+    keep = checkpoint_name(keep, DROPOUT_MASK)
+    return jnp.where(keep, x / jnp.asarray(1 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
 class DDiTBlock(nn.Module):
@@ -157,7 +178,7 @@ class DDiTBlock(nn.Module):
         head_dim = h // self.n_heads
         mod = TorchLinear(6 * h, ("cond", "modulation"), self.dtype, zero_init=True, name="adaLN")(c)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-        drop = nn.Dropout(self.dropout, deterministic=not train)
+        drop = lambda u: dropout(self, u, self.dropout, train)
 
         qkv = TorchLinear(3 * h, ("embed", "heads"), self.dtype, use_bias=False, name="attn_qkv")(
             modulate(LayerNorm(name="norm1")(x), shift_msa, scale_msa))
