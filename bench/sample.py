@@ -97,7 +97,7 @@ def main():
                 print(f"         steps changing no token: {100 * sequence:.1f}% per sequence, {100 * batch:.1f}% "
                       f"per batch (closed form for absorb + loglinear: ~exp(-L/steps) = "
                       f"{100 * np.exp(-length / args.steps):.1f}% and exp(-B L/steps) = "
-                      f"{100 * np.exp(-b * length / args.steps):.1g}%)")
+                      f"{100 * np.exp(-b * length / args.steps):.3g}%)")
 
 
 if __name__ == "__main__":
