@@ -43,7 +43,7 @@ def config_from_flags(args):
     """A training config (sedd_jax.configs.base_config) with the benchmark's model, vocabulary and batch."""
     c = configs.base_config()
     size = BENCH_MODEL if args.size == "bench" else models.MODEL_SIZES[args.size]
-    c.model.update({k: v for k, v in size.items()})
+    c.model.update(size)
     c.model.name = args.size
     c.tokens = args.tokens or (BENCH_TOKENS if args.size == "bench" else 50257)
     c.graph.type = args.graph
