@@ -20,7 +20,7 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import jax
 import numpy as np
 
-from sedd_jax import flops, graphs, losses, models, noise as noise_lib, parallel, train
+from sedd_jax import flops, parallel, train
 
 
 def main():
@@ -33,12 +33,7 @@ def main():
     print(common.device_line())
 
     mesh = parallel.create_mesh(config)
-    graph = graphs.get_graph(config.graph.type, config.tokens)
-    noise = noise_lib.get_noise(config.noise.type, eps=config.noise.eps, sigma_min=config.noise.sigma_min,
-                                sigma_max=config.noise.sigma_max)
-    model = models.get_model(config, config.model.compute_dtype)
-    optimizer = train.create_optimizer(config)
-    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    graph, _, model, optimizer, loss_fn = train.training_components(config)
 
     started = time.perf_counter()
     init_state, abstract_state, shardings = train.train_state_layout(config, model, optimizer, mesh,

@@ -91,19 +91,6 @@ class IteratorSnapshot:
         return self._state
 
 
-class IteratorRestorer:
-    """Receives the JSON bytes grain's handler reads back and restores the wrapped iterator."""
-
-    def __init__(self, iterator):
-        self.iterator = iterator
-
-    def set_state(self, state: bytes) -> None:
-        self.iterator.set_state(json.loads(state))
-
-    def start_prefetch(self) -> None:
-        pass
-
-
 def save(manager: ocp.CheckpointManager, step: int, state: dict, ema: Any, data_iter, force: bool = False) -> bool:
     """Saves (asynchronously) when the manager's policy says so, or always with `force`."""
     import grain
@@ -114,13 +101,25 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, ema: Any, data_
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, abstract_ema: Any, data_iter):
-    """Restores state and EMA onto the shardings carried by the abstract trees, and the iterator in place."""
-    import grain
+    """Restores state and EMA onto the shardings carried by the abstract trees, and the iterator in place.
 
+    The iterator state may come from a run with another process count: every process of a run is at the
+    same global batch (sedd_jax.data.pipeline), so any process's saved state resumes every process here."""
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), ema=ocp.args.StandardRestore(abstract_ema),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))
+        state=ocp.args.StandardRestore(abstract_state), ema=ocp.args.StandardRestore(abstract_ema)))
+    data_iter.set_state(_saved_iterator_state(epath.Path(manager.directory) / str(step) / "data"))
     return restored["state"], restored["ema"]
+
+
+def _saved_iterator_state(directory: epath.Path) -> dict:
+    """The iterator state grain's handler wrote in `directory` (process_<i>-of-<n>.json): this process's
+    file, else process 0's."""
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    candidates = [own] if own.exists() else sorted(directory.glob("process_0-of-*.json"))
+    if not candidates:
+        raise FileNotFoundError(f"{directory} holds no data-iterator state (process_<i>-of-<n>.json); the "
+                                "checkpoint is incomplete: remove this step directory to resume from the one before")
+    return json.loads(candidates[0].read_text())
 
 
 def load_ema_params(workdir: str):

@@ -1,13 +1,14 @@
 """Train a SEDD model: `python -m sedd_jax.main --config=configs/tiny.py --workdir=runs/tiny`.
 
-Run the same command on every host of a TPU pod. `--config.<field>=value` overrides any config field
-(e.g. `--config.training.n_iters=300`). Rerunning in the same workdir resumes from its latest checkpoint.
+Run the same command on every host of a TPU pod (the hosts find each other). Elsewhere, join several
+processes explicitly: `--coordinator_address=HOST0:PORT --num_processes=N --process_id=I` (I = 0 on HOST0).
+`--config.<field>=value` overrides any config field (e.g. `--config.training.n_iters=300`). Rerunning in the
+same workdir resumes from its latest checkpoint.
 The logic lives in `sedd_jax.train.train_and_evaluate(config, workdir)`, callable from a notebook.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -15,29 +16,27 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/tiny.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples (resumed if it has a run).")
-flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: when several hosts are "
-                  "detected, e.g. on a TPU pod slice).")
+flags.DEFINE_bool("distributed", None, "Join the processes of a multi-host run with jax.distributed (default: "
+                  "when a TPU pod slice or SLURM job is detected, or --coordinator_address is given).")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs that are not "
+                    "detected automatically (with --num_processes and --process_id).")
+flags.DEFINE_integer("num_processes", None, "Number of processes of the run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes) (0 runs the coordinator).")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which the other processes stop with an error when "
+                     "one of them stops responding.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
-
-
-def _multi_host_environment() -> bool:
-    return any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                                         "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO; progress is printed
-    import jax
-
-    distributed = FLAGS.distributed if FLAGS.distributed is not None else _multi_host_environment()
-    if distributed:
-        jax.distributed.initialize()
-    from sedd_jax import train
+    from sedd_jax import parallel, train
 
     try:
+        parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                      FLAGS.distributed, FLAGS.heartbeat_timeout)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,22 +9,68 @@ The batch is split over (data, fsdp). Every parameter carries logical axis names
 `config.mesh.rules` maps each name to a mesh axis (or None = replicated). A dimension that the mapped mesh
 axis does not divide is replicated instead (e.g. the 50258-row vocabulary over 4 tensor shards).
 
-Multi-host: every host runs the same program; `jax.distributed.initialize()` joins them, each host reads
-its own shard of the data and `global_batch` assembles the per-host arrays into one global array.
+Multi-host: every host runs the same program; `initialize_processes` joins them (jax.distributed), each host
+reads its own slice of every batch and `global_batch` assembles the per-host arrays into one global array.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import flax
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+# Environment variables of launchers whose cluster jax.distributed.initialize() detects by itself.
+CLUSTER_ENVIRONMENT = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS",
+                       "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize_processes(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None, distributed: bool | None = None,
+                         heartbeat_timeout: int = 100) -> bool:
+    """Joins the processes of a multi-process run with `jax.distributed.initialize`; returns whether it did.
+
+    Explicit: `coordinator_address` ("host:port" of process 0), `num_processes` and `process_id` together.
+    Otherwise, with `distributed` True, or None and a cluster environment detected (TPU VM pod slice, SLURM,
+    Open MPI), jax finds them itself. A process that stops sending heartbeats for `heartbeat_timeout` seconds
+    (killed, lost host) makes the others stop with an error instead of waiting forever. Must be called
+    before anything else touches jax's devices."""
+    import jax
+
+    explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+                "--process_id": process_id}
+    given = [name for name, value in explicit.items() if value is not None]
+    if given and len(given) < 3:
+        missing = [name for name in explicit if name not in given]
+        raise ValueError(f"{', '.join(given)} given without {', '.join(missing)}: a multi-process run needs all "
+                         "three, e.g. --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0 "
+                         "(or none of them where the cluster is detected: TPU VM pod slices, SLURM)")
+    if heartbeat_timeout < 1:
+        raise ValueError(f"--heartbeat_timeout must be >= 1 second, got {heartbeat_timeout}")
+    if given:
+        host, _, port = str(coordinator_address).rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--coordinator_address={coordinator_address!r} is not host:port (e.g. 10.0.0.1:1234)")
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+        if distributed is False:
+            raise ValueError("--nodistributed contradicts --coordinator_address/--num_processes/--process_id")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   heartbeat_timeout_seconds=heartbeat_timeout)
+        return True
+    if distributed is None:
+        distributed = any(name in os.environ for name in CLUSTER_ENVIRONMENT)
+    if distributed:
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout)
+    return bool(distributed)
 
 
 def mesh_shape(config, device_count: int | None = None) -> tuple[int, int, int]:
@@ -49,10 +95,12 @@ def mesh_shape(config, device_count: int | None = None) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def create_mesh(config) -> Mesh:
-    shape = mesh_shape(config)
-    devices = np.asarray(jax.devices()).reshape(shape)
-    return Mesh(devices, MESH_AXES)
+def create_mesh(config, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: all of jax's), laid out along a TPU slice's
+    torus where there is one (`mesh_utils.create_device_mesh`; CPU and GPU devices keep their order)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = mesh_shape(config, len(devices))
+    return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES)
 
 
 def logical_rules(config) -> tuple[tuple[str, str | None], ...]:

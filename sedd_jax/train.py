@@ -52,6 +52,15 @@ def ema_decay(config, num_updates: jax.Array) -> jax.Array:
     return jnp.minimum(config.training.ema, (1 + n) / (10 + n))
 
 
+def training_components(config):
+    """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from."""
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    noise = pretrained.noise_from_config(config)
+    model = models.get_model(config, config.model.compute_dtype)
+    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    return graph, noise, model, create_optimizer(config), loss_fn
+
+
 def make_train_step(config, model, loss_fn, optimizer, mesh):
     """train_step(state, batch int32[B, L], key) -> (state, metrics) for one optimizer update."""
     accum, length = int(config.training.accum), int(config.model.length)
@@ -160,25 +169,36 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def _format_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def _report_memory(compiled, what: str) -> None:
+def memory_summary(compiled) -> dict | None:
+    """Per-device bytes of a compiled program: {"arguments", "outputs", "temporaries", "total"}, where total
+    counts donated arguments once (they are updated in place). None where the backend does not say."""
     analysis = compiled.memory_analysis()
     if analysis is None:
+        return None
+    return dict(arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
+                temporaries=analysis.temp_size_in_bytes,
+                total=(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes))
+
+
+def _report_memory(compiled, what: str) -> None:
+    memory = memory_summary(compiled)
+    if memory is None:
         return
-    needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
-              - analysis.alias_size_in_bytes)
-    _log(f"[{what}] per-device memory: arguments {_format_bytes(analysis.argument_size_in_bytes)}, "
-         f"outputs {_format_bytes(analysis.output_size_in_bytes)}, temporaries "
-         f"{_format_bytes(analysis.temp_size_in_bytes)}, total ~{_format_bytes(needed)}")
+    _log(f"[{what}] per-device memory: arguments {format_bytes(memory['arguments'])}, "
+         f"outputs {format_bytes(memory['outputs'])}, temporaries "
+         f"{format_bytes(memory['temporaries'])}, total ~{format_bytes(memory['total'])}")
     stats = jax.local_devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
-    if limit and needed > limit:
+    if limit and memory["total"] > limit:
         raise MemoryError(
-            f"the {what} needs ~{_format_bytes(needed)} per device but {_format_bytes(limit)} is available; "
-            "shard more (--config.mesh.fsdp), accumulate (--config.training.accum) or shrink the batch")
+            f"the {what} needs ~{format_bytes(memory['total'])} per device but {format_bytes(limit)} is available; "
+            "shard more (--config.mesh.fsdp), accumulate (--config.training.accum) or shrink the batch; "
+            "python -m sedd_jax.compile checks a config without running it")
 
 
 class _MetricsLog:
@@ -246,11 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoints.check_or_write_config(workdir, config)
     bundle = data.create_datasets(config, workdir)
 
-    graph = graphs.get_graph(config.graph.type, config.tokens)
-    noise = pretrained.noise_from_config(config)
-    model = models.get_model(config, config.model.compute_dtype)
-    optimizer = create_optimizer(config)
-    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    graph, noise, model, optimizer, loss_fn = training_components(config)
     length, t = int(config.model.length), config.training
 
     base_key = jax.random.key(int(config.training.seed))
@@ -266,7 +282,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         saved_state, ema = checkpoints.restore(
             manager, latest, {k: v for k, v in abstract_state.items() if k != "ema"}, abstract_state["ema"],
-            checkpoints.IteratorRestorer(bundle.train_iter))
+            bundle.train_iter)
         state = dict(saved_state, ema=ema)
         _log(f"resumed {workdir} from step {latest}")
     sharding_report = parallel.check_sharded(state["params"], mesh)

@@ -1,6 +1,12 @@
 """Shared test fixtures: the reference parity data and the tiny official-format checkpoint."""
 
+import os
 import pathlib
+
+# Tests run on the host CPU (subprocesses inherit this). libtpu, installed by the test extra for its compiler
+# only (tests/test_compile.py), may then be loaded by several test processes at once.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import numpy as np
 import pytest

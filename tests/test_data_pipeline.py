@@ -1,4 +1,4 @@
-"""grain pipeline: shapes, per-epoch coverage and reshuffling, resumable state, 2-process sharding."""
+"""grain pipeline: shapes, per-epoch coverage and reshuffling, resumable state, multi-process sharding."""
 import json
 
 import numpy as np
@@ -49,23 +49,25 @@ def test_restore_state_gives_the_same_next_batches(k):
         np.testing.assert_array_equal(next(resumed), want)
 
 
-def test_two_processes_disjoint_and_covering():
+def test_processes_read_their_slices_of_the_same_global_batches():
     n = 37
     blocks = _blocks(n)
-    per_process = n // 2
-    seen = []
-    for p in range(2):
-        it = pipeline.make_iterator(blocks, batch_size=2, seed=5, process_index=p, process_count=2)
-        ids = _ids(it, per_process)                                 # two epochs of this process
-        seen.append((ids[:per_process], ids[per_process:]))
-    for epoch in range(2):
-        a, b = seen[0][epoch], seen[1][epoch]
-        assert len(set(a)) == len(a) == per_process and not set(a) & set(b)   # disjoint
-        assert len(set(a) | set(b)) == n - n % 2                    # cover all but N mod P blocks
-    # the processes together read the global permutation of the epoch
-    single = _ids(pipeline.make_iterator(blocks, batch_size=1, seed=5), n)
-    np.testing.assert_array_equal(np.stack([seen[0][0], seen[1][0]], 1).reshape(-1),
-                                  single[: 2 * per_process])
+    single = _ids(pipeline.make_iterator(blocks, batch_size=6, seed=5), 25)      # 150 rows: 4 epochs and more
+    for count in (2, 3):
+        iters = [pipeline.make_iterator(blocks, batch_size=6 // count, seed=5, process_index=p,
+                                        process_count=count) for p in range(count)]
+        batches = [np.concatenate([next(it)[:, 0] for it in iters]) for _ in range(25)]
+        np.testing.assert_array_equal(np.concatenate(batches), single)           # the global stream
+    for epoch in range(4):
+        assert sorted(single[epoch * n:(epoch + 1) * n]) == list(range(n))       # every epoch covers all
+    assert not np.array_equal(single[:n], single[n:2 * n])                       # reshuffled per epoch
+    # the state is a global batch index: a 2-process state resumes a single process and vice versa
+    two = pipeline.make_iterator(blocks, batch_size=3, seed=5, process_index=1, process_count=2)
+    for _ in range(7):
+        next(two)
+    resumed = pipeline.make_iterator(blocks, batch_size=6, seed=5)
+    resumed.set_state(json.loads(json.dumps(two.get_state())))
+    np.testing.assert_array_equal(next(resumed)[:, 0], single[42:48])
 
 
 def test_create_datasets_two_processes_and_resume(tmp_path):
@@ -81,8 +83,8 @@ def test_create_datasets_two_processes_and_resume(tmp_path):
     rows = [{tuple(r) for batch in bs for r in batch} for bs in batches]
     assert not rows[0] & rows[1]                                   # disjoint shards
     single = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
-    all_rows = {tuple(r) for _ in range(n // 4) for r in next(single.train_iter)}
-    assert rows[0] | rows[1] <= all_rows and len(rows[0] | rows[1]) == 2 * (per_process // 2) * 2
+    for first, second in zip(*batches):                            # slices of the single-process batches
+        np.testing.assert_array_equal(np.concatenate([first, second]), next(single.train_iter))
     # resume the eval iterator of process 1 from a saved state
     b = bundles[1]
     for _ in range(3):

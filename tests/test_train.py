@@ -48,6 +48,18 @@ def test_learns_and_writes_workdir(tmp_path):
     assert ids.shape == (2, 32) and len(texts) == 2
 
 
+def test_bfloat16_training_runs_and_learns(tmp_path):
+    workdir = str(tmp_path / "bf16")
+    train.train_and_evaluate(config(tmp_path, model__compute_dtype="bfloat16", training__n_iters=100,
+                                    optim__lr=3e-3, training__eval_freq=100), workdir)
+    losses = train_losses(workdir)
+    assert all(np.isfinite(v) for v in losses.values())
+    first, final = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in range(91, 101)])
+    assert final < 0.9 * first, (first, final)   # as test_learns_and_writes_workdir, in float32
+    params = pretrained.load(workdir).params
+    assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}  # bf16 compute, f32 weights
+
+
 def test_exact_resume(tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     train.train_and_evaluate(config(tmp_path, training__n_iters=20), straight)
@@ -95,6 +107,15 @@ def test_same_losses_on_one_and_eight_devices_and_resume_across_meshes(tmp_path)
     assert sorted(la) == list(range(1, 9)) and sorted(lb) == list(range(1, 7))
     for step in lb:
         assert abs(la[step] - lb[step]) < 1e-4 * abs(la[step]), (step, la[step], lb[step])
+    # Tensor parallelism (heads and MLP split over 2 devices) on top of data and fsdp: the same losses.
+    t = _run(main_command(tmp_path, tmp_path / "tensor", training__n_iters=4, mesh__data=2, mesh__fsdp=2,
+                          mesh__tensor=2), devices=8)
+    assert t.returncode == 0, t.stderr
+    assert "'data': 2, 'fsdp': 2, 'tensor': 2" in t.stdout
+    lt = train_losses(tmp_path / "tensor")
+    assert sorted(lt) == [1, 2, 3, 4]
+    for step in lt:
+        assert abs(la[step] - lt[step]) < 1e-4 * abs(la[step]), (step, la[step], lt[step])
     # The FSDP checkpoint restores onto a single device and continues the same trajectory.
     c = _run(main_command(tmp_path, sharded, training__n_iters=8))
     assert c.returncode == 0, c.stderr

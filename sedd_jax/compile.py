@@ -1,0 +1,307 @@
+"""Will a config fit on a TPU slice? Compile the train step ahead of time, without the hardware.
+
+    python -m sedd_jax.compile --config=configs/owt_small.py --topology=v5e:8x8 [--config.mesh.fsdp=4 ...]
+    python -m sedd_jax.compile --config=configs/tiny.py --topology=cpu:8
+
+--topology names a TPU slice as libtpu does (`v4:2x2x2`, `v5e:4x4`, `v5p:2x2x4`, `v6e:8x8`), compiled by
+libtpu's compiler on this machine (the `[tpu]` extra: `pip install -e ".[tpu]"`; no TPU needed), or `cpu:N`
+for N fake CPU devices. The program is the trainer's (`train.compile_train_step`: the same step, shardings,
+donation and config). It prints the mesh, the memory per device (arguments, outputs, temporaries, total)
+against the device's HBM, the FLOPs per step and per token, and whether it fits; a config that does not fit
+is told what to change. `--format=markdown` prints a row of docs/scale.md's table, `--format=json` an object.
+Exit status: 0 fits, 3 does not fit, 1 bad input.
+
+FLOPs: XLA's cost analysis counts a loop body once, so the scanned blocks and accumulation loop of the real
+program would be undercounted. The FLOPs are those XLA counts in the same train step lowered with the blocks
+unrolled, without recomputation and without accumulation (the useful work of a step, per token; within ~1%
+of `sedd_jax.flops.train_flops_per_token`, the analytic count that MFU figures use).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/owt_small.py).",
+                                lock_config=True)
+flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8) or "
+                    "cpu:N for N fake CPU devices.")
+flags.DEFINE_enum("format", "text", ["text", "markdown", "json"], "Output: a report, a docs/scale.md row, or JSON.")
+flags.mark_flags_as_required(["config", "topology"])
+FLAGS = flags.FLAGS
+
+# HBM per chip (GiB) by the device_kind libtpu reports, from the vendor's data sheets.
+HBM_GIB_PER_CHIP = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+TOPOLOGY_EXAMPLES = "v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8 or cpu:8"
+DOES_NOT_FIT = 3
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """What compiling the train step of `config` for `topology` showed. Bytes are per device."""
+    config_name: str
+    topology: str
+    device_kind: str
+    devices: int
+    hosts: int
+    mesh: dict
+    batch_size: int
+    accum: int
+    length: int
+    compute_dtype: str
+    remat: str
+    hbm: float | None                 # bytes per device (None for CPUs)
+    state_bytes: float                # the train state's share per device (parameters, EMA, optimizer)
+    memory: dict | None               # train.memory_summary of the compiled step (None when it did not compile)
+    fits: bool
+    flops_per_token: float            # XLA's count (see the module docstring)
+    analytic_flops_per_token: float   # sedd_jax.flops.train_flops_per_token
+    out_of_memory: str | None = None  # the compiler's message when it refused the program
+    compiled_flops_per_device: float | None = None  # XLA's count of the compiled program (loops counted once)
+    advice: list = dataclasses.field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.length
+
+    @property
+    def flops_per_step(self) -> float:
+        return self.flops_per_token * self.tokens_per_step
+
+
+def topology_devices(topology: str) -> list:
+    """The devices of `topology`: a TPU slice's (abstract: compile only) or N of this host's CPU devices."""
+    import jax
+
+    match = re.fullmatch(r"cpu:(\d+)", topology)
+    if match:
+        count = int(match.group(1))
+        available = jax.devices("cpu")
+        if count < 1 or len(available) < count:
+            raise ValueError(f"--topology={topology} needs {count} CPU devices and jax has {len(available)}; set "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before jax starts (the "
+                             "command line does this itself)")
+        return available[:count]
+    if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)*", topology):
+        raise ValueError(f"--topology={topology!r} is not a TPU slice name or cpu:N; e.g. {TOPOLOGY_EXAMPLES}")
+    if importlib.util.find_spec("libtpu") is None:
+        raise ValueError(f"compiling for {topology} needs libtpu's compiler: pip install -e \".[tpu]\" (it works "
+                         "on machines without a TPU)")
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except Exception as e:  # libtpu raises JaxRuntimeError with its own wording
+        raise ValueError(f"libtpu does not know the topology {topology!r} ({e}); e.g. {TOPOLOGY_EXAMPLES}") from None
+
+
+def hbm_per_device(devices) -> float | None:
+    """Bytes of HBM per device: the chip's, shared by the devices on one chip (v4 shows its two TensorCores
+    as two devices); None for devices that are not TPUs."""
+    kind = devices[0].device_kind
+    if kind not in HBM_GIB_PER_CHIP:
+        return None
+    per_chip = collections.Counter(tuple(d.coords) for d in devices)
+    return HBM_GIB_PER_CHIP[kind] * 2**30 / max(per_chip.values())
+
+
+def xla_flops_per_token(config) -> float:
+    """FLOPs per token of one train step as XLA counts them, in the step lowered for one host device with the
+    blocks unrolled, no recomputation and no accumulation (loop bodies would count once)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sedd_jax import parallel, train
+
+    probe = config.copy_and_resolve_references()
+    probe.model.scan_blocks, probe.model.remat, probe.training.accum = False, "none", 1
+    batch, length = 2, int(probe.model.length)
+    probe.training.batch_size = batch
+    probe.mesh.data, probe.mesh.fsdp, probe.mesh.tensor = 1, 1, 1
+    mesh = parallel.create_mesh(probe, jax.devices("cpu")[:1])
+    _, _, model, optimizer, loss_fn = train.training_components(probe)
+    _, abstract_state, _ = train.train_state_layout(probe, model, optimizer, mesh, jax.random.key(0))
+    step = jax.jit(train.make_train_step(probe, model, loss_fn, optimizer, mesh))
+    lowered = step.lower(abstract_state, jax.ShapeDtypeStruct((batch, length), jnp.int32), jax.random.key(0))
+    return _flops(lowered.cost_analysis()) / (batch * length)
+
+
+def _flops(cost_analysis) -> float:
+    cost = cost_analysis[0] if isinstance(cost_analysis, (list, tuple)) else cost_analysis
+    return float(cost["flops"])
+
+
+def aot_compile(config, topology: str, config_name: str = "") -> CompileReport:
+    """Compiles the trainer's train step of `config` for `topology`; see CompileReport."""
+    import jax
+
+    from sedd_jax import configs, flops, parallel, train
+
+    devices = topology_devices(topology)
+    hosts = len({d.process_index for d in devices})
+    configs.validate(config, device_count=len(devices), process_count=hosts)
+    mesh = parallel.create_mesh(config, devices)
+    graph, _, model, optimizer, loss_fn = train.training_components(config)
+    _, abstract_state, shardings = train.train_state_layout(config, model, optimizer, mesh, jax.random.key(0))
+    state_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+                      for a in jax.tree.leaves(abstract_state))
+    memory, out_of_memory, compiled_flops = None, None, None
+    try:
+        compiled = train.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+        memory = train.memory_summary(compiled)
+        compiled_flops = _flops(compiled.cost_analysis())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        out_of_memory = str(e).split("\n")[0]
+    hbm = hbm_per_device(devices)
+    fits = out_of_memory is None and (hbm is None or memory is None or memory["total"] <= hbm)
+    report = CompileReport(
+        config_name=config_name, topology=topology, device_kind=devices[0].device_kind, devices=len(devices),
+        hosts=hosts, mesh=dict(mesh.shape), batch_size=int(config.training.batch_size),
+        accum=int(config.training.accum), length=int(config.model.length),
+        compute_dtype=str(config.model.compute_dtype), remat=str(config.model.get("remat", "none")), hbm=hbm,
+        state_bytes=state_bytes, memory=memory, fits=fits, flops_per_token=xla_flops_per_token(config),
+        analytic_flops_per_token=flops.train_flops_per_token(config, graph.dim), out_of_memory=out_of_memory,
+        compiled_flops_per_device=compiled_flops)
+    if not fits:
+        report.advice = advice(report)
+    return report
+
+
+def _needed_temporaries(report: CompileReport) -> float | None:
+    """Temporaries the program needs: from the memory analysis, or from the compiler's refusal."""
+    if report.memory is not None:
+        return report.memory["temporaries"]
+    match = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", report.out_of_memory or "")
+    if not match:
+        return None
+    return float(match.group(1)) * 2 ** (10 * "KMGT".index(match.group(2)) + 10)
+
+
+def advice(report: CompileReport) -> list[str]:
+    """What to change, most specific first, for a report that does not fit."""
+    tips = []
+    data, fsdp, tensor = (report.mesh[a] for a in ("data", "fsdp", "tensor"))
+    state = report.state_bytes
+    if report.hbm and state > 0.4 * report.hbm:
+        tips.append(f"the train state alone takes {_gib(state)} per device: shard it over more devices with "
+                    f"--config.mesh.fsdp={fsdp * 2 if data % 2 == 0 else fsdp} (now {fsdp})")
+    temporaries = _needed_temporaries(report)
+    per_device = report.batch_size // report.accum // (data * fsdp)
+    if temporaries is not None and report.hbm and per_device > 1:
+        # Temporaries shrink about in proportion to the micro-batch; the (donated) state stays.
+        factor = math.ceil(temporaries / max(report.hbm - state, 1.0))
+        options = [k for k in range(max(factor, 2), per_device + 1)
+                   if (report.batch_size // report.accum) % (k * data * fsdp) == 0]
+        if options:
+            k = options[0]
+            tips.append(f"accumulate: --config.training.accum={report.accum * k} (micro-batches of "
+                        f"{per_device // k} sequences per device instead of {per_device}; temporaries "
+                        f"~{_gib(temporaries / k)} instead of {_gib(temporaries)})")
+    if report.remat != "full":
+        tips.append(f"recompute more in the backward pass: --config.model.remat=full (now {report.remat})")
+    tips.append(f"or a smaller --config.training.batch_size (now {report.batch_size}), or a slice with more "
+                "devices")
+    return tips
+
+
+def _gib(n: float) -> str:
+    from sedd_jax import train
+
+    return train.format_bytes(n)
+
+
+def format_text(r: CompileReport) -> str:
+    mesh = " x ".join(f"{k}={v}" for k, v in r.mesh.items())
+    lines = [f"{r.config_name or 'config'} on {r.topology}: {r.devices} x {r.device_kind} on {r.hosts} host(s); "
+             f"mesh {mesh}",
+             f"batch {r.batch_size} x length {r.length} ({r.tokens_per_step:,} tokens per step), accum {r.accum}, "
+             f"{r.compute_dtype}, remat {r.remat}"]
+    hbm = f" of {_gib(r.hbm)} HBM" if r.hbm else ""
+    if r.memory is not None:
+        m = r.memory
+        lines.append(f"memory per device: arguments {_gib(m['arguments'])}, outputs {_gib(m['outputs'])}, "
+                     f"temporaries {_gib(m['temporaries'])}, total {_gib(m['total'])}{hbm}")
+    else:
+        lines.append(f"the compiler refused it: {r.out_of_memory}")
+    lines.append(f"FLOPs per step {r.flops_per_step:.4g} ({r.flops_per_step / r.devices:.4g} per device); per "
+                 f"token {r.flops_per_token:.4g} (analytic {r.analytic_flops_per_token:.4g}, ratio "
+                 f"{r.flops_per_token / r.analytic_flops_per_token:.3f})")
+    lines.append("fits" if r.fits else "DOES NOT FIT; change one of:")
+    lines += [f"  - {tip}" for tip in r.advice]
+    return "\n".join(lines)
+
+
+MARKDOWN_HEADER = ("| config | topology | devices (hosts) | mesh data x fsdp x tensor | batch x length, accum | "
+                   "memory per device: state, temporaries, total / HBM | fits | FLOPs per token (analytic) |\n"
+                   "|---|---|---|---|---|---|---|---|")
+
+
+def format_markdown(r: CompileReport) -> str:
+    mesh = " x ".join(str(v) for v in r.mesh.values())
+    hbm = _gib(r.hbm) if r.hbm else "-"
+    if r.memory is not None:
+        m = r.memory
+        memory = f"{_gib(m['arguments'])}, {_gib(m['temporaries'])}, {_gib(m['total'])} / {hbm}"
+    else:
+        needed = _needed_temporaries(r)
+        memory = f"refused: temporaries {_gib(needed) if needed else '?'} / {hbm}"
+    return (f"| {r.config_name} | {r.topology} | {r.devices} {r.device_kind} ({r.hosts}) | {mesh} | "
+            f"{r.batch_size} x {r.length}, {r.accum} | {memory} | {'yes' if r.fits else 'no'} | "
+            f"{r.flops_per_token / 1e6:.1f} M ({r.analytic_flops_per_token / 1e6:.1f} M) |")
+
+
+def format_json(r: CompileReport) -> str:
+    return json.dumps(dict(dataclasses.asdict(r), tokens_per_step=r.tokens_per_step,
+                           flops_per_step=r.flops_per_step), indent=2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        report = aot_compile(FLAGS.config, FLAGS.topology, config_name=_config_name())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print({"text": format_text, "markdown": format_markdown, "json": format_json}[FLAGS.format](report))
+    sys.exit(0 if report.fits else DOES_NOT_FIT)
+
+
+def _config_name() -> str:
+    """configs/owt_small.py -> owt_small, with the --config.* overrides given."""
+    path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "config")
+    overrides = [a[len("--config."):] for a in sys.argv if a.startswith("--config.")]
+    return " ".join([os.path.splitext(os.path.basename(path))[0]] + overrides)
+
+
+def _prepare_environment(argv) -> None:
+    """Before jax starts: only the host platform (the local accelerator, if any, stays free for training), the
+    fake devices of cpu:N, and libtpu's compiler usable beside another process that holds it."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    topology = next((a.split("=", 1)[1] for a in argv if a.startswith("--topology=")), "")
+    match = re.fullmatch(r"cpu:(\d+)", topology)
+    if match and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={match.group(1)}").strip()
+
+
+def run():
+    _prepare_environment(sys.argv)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
