@@ -31,12 +31,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/owt_small.py).",
-                                lock_config=True)
-flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8) or "
-                    "cpu:N for N fake CPU devices.")
-flags.DEFINE_enum("format", "text", ["text", "markdown", "json"], "Output: a report, a docs/scale.md row, or JSON.")
-flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
 
 # HBM per chip (GiB) by the device_kind libtpu reports, from the vendor's data sheets.
@@ -298,8 +292,21 @@ def _prepare_environment(argv) -> None:
                                    + f" --xla_force_host_platform_device_count={match.group(1)}").strip()
 
 
+def _define_flags() -> None:
+    """The command line's flags (defined when it runs, so that importing this module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/owt_small.py).",
+                                    lock_config=True)
+    flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8) "
+                        "or cpu:N for N fake CPU devices.")
+    flags.DEFINE_enum("format", "text", ["text", "markdown", "json"],
+                      "Output: a report, a docs/scale.md row, or JSON.")
+    flags.mark_flags_as_required(["config", "topology"])
+
+
 def run():
+    """Console script `sedd-compile`."""
     _prepare_environment(sys.argv)
+    _define_flags()
     app.run(main)
 
 
