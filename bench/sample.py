@@ -7,7 +7,7 @@
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, float32; 128 predictor steps + the denoiser, i.e. 129 network evaluations).
 The baseline is one bare network evaluation doing the same work as a sampler's (forward + exp of the
-log-score, `pretrained.exp_score`). Each figure is a median over --repeats runs after a warm-up compile.
+log-score, `models.exp_score`). Each figure is a median over --repeats runs after a warm-up compile.
 --unchanged_steps also counts how often a predictor step changes no token (per sequence and per batch):
 the steps a time-independent network could skip. Figures are printed, never asserted.
 """
@@ -75,7 +75,7 @@ def main():
                                            for i, w in enumerate(leaves)])
     print(common.device_line())
     b = args.batch_size
-    score_fn = jax.tree_util.Partial(functools.partial(pretrained.exp_score, model), params)
+    score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model), params)
     x = graph.sample_limit(jax.random.key(1), b, length)
     sigma = jnp.full((b,), 1.0)
 

@@ -56,10 +56,6 @@ def check_or_write_config(workdir: str, config) -> None:
         tmp.rename(path)
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(config_path(workdir).read_text()))
-
-
 def _absolute(workdir: str) -> epath.Path:
     return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
 
@@ -124,16 +120,18 @@ def _saved_iterator_state(directory: epath.Path) -> dict:
 
 def load_ema_params(workdir: str):
     """(config, EMA params) of the latest checkpoint of a training workdir, for `pretrained.load`."""
-    from sedd_jax import models, pretrained
+    from sedd_jax import models, official
 
     if not config_path(workdir).exists():
         raise FileNotFoundError(f"{workdir} has checkpoints/ but no {CONFIG_FILE}; it is not a sedd-jax workdir")
-    config = read_config(workdir)
+    config = official.config_from_dict(official.read_json(str(config_path(workdir))), str(config_path(workdir)))
     manager = create_manager(workdir, config, read_only=True)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"{workdir}/checkpoints holds no complete checkpoint yet")
-    target = pretrained.abstract_params(models.get_model(config))
+    target = models.abstract_params(models.get_model(config))
+    stored = manager.item_metadata(step)["ema"]
+    models.check_param_shapes(getattr(stored, "tree", stored), target, f"{workdir}/checkpoints/{step}/ema")
     ema = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))["ema"]
     manager.close()
     return config, ema

@@ -22,12 +22,12 @@ FLAGS = flags.FLAGS
 def convert(checkpoint: str, output: str) -> None:
     import os
 
-    from sedd_jax import pretrained
+    from sedd_jax import converted, official
 
-    if os.path.exists(output) and os.listdir(output):
-        raise FileExistsError(f"{output} exists and is not empty; choose a new --output directory")
-    config, params = pretrained.read_official(checkpoint)
-    pretrained.save_converted(output, config, params)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise FileExistsError(f"{output} exists and is not an empty directory; choose a new --output directory")
+    config, params = official.read_official(checkpoint)
+    converted.save(output, config, params)
     count = sum(p.size for p in __import__("jax").tree.leaves(params))
     print(f"converted {checkpoint} -> {output}: graph={config.graph.type} noise={config.noise.type} "
           f"tokens={config.tokens} parameters={count:,}")
@@ -41,7 +41,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         convert(FLAGS.checkpoint, FLAGS.output)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError, bad checkpoint files
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

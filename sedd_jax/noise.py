@@ -60,3 +60,14 @@ def get_noise(noise_type: str, eps: float = 1e-3, sigma_min: float = 1e-4, sigma
             raise ValueError(f"geometric noise needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         return Geometric(float(sigma_min), float(sigma_max))
     raise ValueError(f"unknown noise type {noise_type!r}; choose 'loglinear' or 'geometric' (config field noise.type)")
+
+
+LOGLINEAR_DEFAULT_EPS = 1e-3  # not stored in official config.json files (reference §8)
+
+
+def from_config(config):
+    """The schedule of `config.noise` (type, and eps or sigma_min/sigma_max, defaulted where a config lacks
+    them, as official checkpoints' configs do)."""
+    n = config.noise
+    return get_noise(n.type, eps=n.get("eps", LOGLINEAR_DEFAULT_EPS), sigma_min=n.get("sigma_min", 1e-4),
+                     sigma_max=n.get("sigma_max", 20.0))

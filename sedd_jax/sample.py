@@ -79,7 +79,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
 
     import jax
 
-    from sedd_jax import pretrained
+    from sedd_jax import models, pretrained
 
     start = time.time()
     model = pretrained.load(args.checkpoint, compute_dtype=args.compute_dtype)
@@ -96,7 +96,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     progress_every = args.progress_every
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
-    score_fn = jax.tree_util.Partial(functools.partial(pretrained.exp_score, model.model), model.params)
+    score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model.model), model.params)
     _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps "
          "(the first call compiles the sampler)")
     start = time.time()

@@ -26,7 +26,7 @@ import optax
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sedd_jax import checkpoints, configs, graphs, losses, models, parallel, pretrained
+from sedd_jax import checkpoints, configs, graphs, losses, models, noise as noise_lib, parallel
 
 TrainState = dict  # {"step": int32[], "params", "opt_state", "ema", "skipped": int32[]}
 
@@ -55,7 +55,7 @@ def ema_decay(config, num_updates: jax.Array) -> jax.Array:
 def training_components(config):
     """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from."""
     graph = graphs.get_graph(config.graph.type, config.tokens)
-    noise = pretrained.noise_from_config(config)
+    noise = noise_lib.from_config(config)
     model = models.get_model(config, config.model.compute_dtype)
     loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
     return graph, noise, model, create_optimizer(config), loss_fn
@@ -252,7 +252,7 @@ def _snapshot_sampler(config, model, graph, noise, out_sharding):
         config.sampling.steps, denoise=config.sampling.noise_removal)
 
     def sample(params, key):
-        return pc_sampler(lambda x, sigma: pretrained.exp_score(model, params, x, sigma), key)
+        return pc_sampler(lambda x, sigma: models.exp_score(model, params, x, sigma), key)
 
     return jax.jit(sample, out_shardings=out_sharding)
 

@@ -50,7 +50,7 @@ def test_bfloat16_agrees_with_float32(parity):
 def test_reference_sizes(size, total, non_embedding):
     config = ml_collections.ConfigDict(dict(tokens=50257, graph=dict(type="absorb"),
                                             model=models.model_config(size)))
-    shapes = pretrained.abstract_params(models.get_model(config))
+    shapes = models.abstract_params(models.get_model(config))
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(shapes))
     assert count == total
     embeddings = np.prod(shapes["embedding"].shape) + sum(np.prod(p.shape) for p in jax.tree.leaves(shapes["output"]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sedd_jax import graphs, noise, pretrained, torch_pickle
+from sedd_jax import converted, graphs, noise, official, pretrained, torch_pickle
 from tests.conftest import TINY_CHECKPOINT
 
 
@@ -78,15 +78,15 @@ def test_convert_cli_roundtrip_and_no_overwrite(parity, tmp_path):
     np.testing.assert_allclose(model.log_score(parity["x"], parity["sigma"]), parity["log_score"], atol=2e-5)
     before = sorted(os.listdir(output))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 1 and "is not an empty directory" in again.stderr
     assert sorted(os.listdir(output)) == before
 
 
 def test_failed_conversion_leaves_nothing(tmp_path):
     source = _write_checkpoint(tmp_path / "src", _official_config())  # no weights
     with pytest.raises(FileNotFoundError):
-        pretrained.save_converted(str(tmp_path / "out"), *pretrained.read_official(source))
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+        converted.save(str(tmp_path / "out"), *official.read_official(source))
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["src"]
 
 
 # ------------------------------------------------------------------------------------------ bad input

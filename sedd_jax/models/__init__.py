@@ -6,6 +6,8 @@ field names); `model_config("small" | "medium" | "tiny")` gives the `model.*` bl
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from sedd_jax.models.transformer import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, SEDD, compute_dtype_of
@@ -73,4 +75,44 @@ def get_model(config, compute_dtype: str = "float32") -> SEDD:
                 compute_dtype=compute_dtype, attention=attention, scan_blocks=scan_blocks, remat=remat)
 
 
-__all__ = ["SEDD", "get_model", "model_config", "validate_model_config", "MODEL_SIZES"]
+def abstract_params(model: SEDD) -> Any:
+    """Shape/dtype tree (`jax.ShapeDtypeStruct` leaves) of the model's parameters, allocating nothing."""
+    import flax
+    import jax
+    import jax.numpy as jnp
+
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                               jnp.zeros((1,), jnp.float32))
+    return flax.core.meta.unbox(variables["params"])
+
+
+def check_param_shapes(found, expected, where: str) -> None:
+    """Raises ValueError, naming `where` and the first differences, unless the tree `found` (arrays or array
+    metadata: anything with `.shape`) has exactly the paths and shapes of `expected` (`abstract_params`)."""
+    import jax
+
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+        return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+    have, want = shapes(found), shapes(expected)
+    problems = [f"{k} is missing" for k in sorted(set(want) - set(have))]
+    problems += [f"{k} is not a parameter of this model" for k in sorted(set(have) - set(want))]
+    problems += [f"{k} has shape {have[k]}, the config implies {want[k]}" for k in sorted(set(have) & set(want))
+                 if have[k] != want[k]]
+    if problems:
+        raise ValueError(f"{where}: the parameters do not match the model of its config (tokens, graph.type, "
+                         f"model.*): {'; '.join(problems[:6])}{' ...' if len(problems) > 6 else ''}")
+
+
+def exp_score(model: SEDD, params, x, sigma):
+    """The model's positive ratios exp(log_score) `[B, L, V]` float32 for `x` int32 `[B, L]`, `sigma` `[B]`, in
+    eval mode, for samplers (pass params as a traced argument, e.g. through `jax.tree_util.Partial`, never as
+    a closed-over constant)."""
+    import jax.numpy as jnp
+
+    return jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
+
+
+__all__ = ["SEDD", "abstract_params", "check_param_shapes", "exp_score", "get_model", "model_config", "validate_model_config",
+           "MODEL_SIZES"]
