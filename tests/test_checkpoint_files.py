@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 
 from sedd_jax import converted, official, pretrained, sample
 from tests.conftest import TINY_CHECKPOINT
+from tests.pickle_testing import F32, glob, state_dict, storage, tensor, tup, u, write_archive
 from tests.train_testing import REPO
 
 
@@ -172,6 +173,13 @@ def hostile_directories(tmp_path) -> list:
         path = _official_dir(tmp_path, f"bin_{name}")
         (path / "pytorch_model.bin").write_bytes(content)
         dirs.append(path)
+    bins = {"code": state_dict({"w": glob("os", "system") + tup(u(f"touch {tmp_path}/pwned")) + b"R"}),
+            "strides": state_dict({"w": tensor(storage("0", 12), 0, (2, 2), (2**40, -2**40))}),
+            "memo": b"\x80\x02}r\x00\x00\x00\x10."}
+    for name, pickled in bins.items():
+        path = _official_dir(tmp_path, f"bin_{name}")
+        write_archive(path / "pytorch_model.bin", pickled, {"0": F32.tobytes()})
+        dirs.append(path)
     return dirs
 
 
@@ -189,3 +197,4 @@ def test_sample_and_convert_report_one_error_line(tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
         assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, (path, err)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    assert not (tmp_path / "pwned").exists()
