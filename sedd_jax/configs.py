@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.ema = 0.9999               # EMA decay (with the (1 + n) / (10 + n) warm-up)
     c.training.seed = 0                   # one key per run; step keys are fold_in(key, step)
     c.training.sampling_eps = 1e-3        # t ~ U[sampling_eps, 1] in the loss
+    c.training.max_update_ratio = 1.0     # skip an update whose norm exceeds this times the parameters' norm
+    c.training.max_skipped_updates = 20   # stop (diverged) after this many consecutive skipped updates
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512               # global eval batch
@@ -114,6 +116,9 @@ def validate(config, device_count: int | None = None, process_count: int | None 
                  "batch_size", "accum", "keep_checkpoints"):
         if int(t[name]) < 1:
             raise ValueError(f"training.{name} must be >= 1, got {t[name]}")
+    if int(t.get("max_skipped_updates", 20)) < 1 or not float(t.get("max_update_ratio", 1.0)) > 0:
+        raise ValueError("training.max_skipped_updates must be >= 1 and training.max_update_ratio > 0, got "
+                         f"{t.get('max_skipped_updates')} and {t.get('max_update_ratio')}")
     if not 0 <= t.ema < 1:
         raise ValueError(f"training.ema must be in [0, 1), got {t.ema}")
     if config.model.length < 2:
@@ -139,14 +144,32 @@ def validate(config, device_count: int | None = None, process_count: int | None 
         raise ValueError("sampling.batch_size must be >= 1 when training.snapshot_sampling is on")
 
 
-# Fields that fix the shapes of a checkpoint: a workdir trained with other values cannot be resumed.
-SHAPE_FIELDS = ("tokens", "graph.type", "model.hidden_size", "model.n_heads", "model.n_blocks", "model.cond_dim")
+# Fields (and whole blocks) that fix what a run's weights mean: a workdir cannot be resumed with other values.
+MEANING_FIELDS = ("tokens", "graph", "noise", "model", "data.tokenizer", "data.sp_vocab_size", "data.train",
+                  "data.files")
+# ... except these, which change how the network runs or trains, not what it computes.
+EXECUTION_FIELDS = ("model.attention", "model.scan_blocks", "model.remat", "model.dropout", "model.compute_dtype")
 
 
-def shape_fields(config) -> dict:
-    def get(path):
-        node = config
-        for part in path.split("."):
-            node = node[part]
-        return node
-    return {path: get(path) for path in SHAPE_FIELDS}
+def flatten(config) -> dict:
+    """{"a.b.c": value} of a ConfigDict or nested dict (tuples and lists as lists, for comparing with JSON)."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else config
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            flat[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value] \
+                if isinstance(value, (tuple, list)) else value
+    return flat
+
+
+def config_changes(saved, config) -> tuple[dict, dict]:
+    """(refused, allowed) changes from a workdir's saved config to `config`: {field: (saved, new)}. Refused:
+    MEANING_FIELDS (except EXECUTION_FIELDS); allowed: everything else (lr, n_iters, frequencies, batch...)."""
+    old, new = flatten(saved), flatten(config)
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    meaning = lambda k: (any(k == f or k.startswith(f + ".") for f in MEANING_FIELDS)  # noqa: E731
+                         and k not in EXECUTION_FIELDS)
+    refused = {k: v for k, v in changed.items() if meaning(k)}
+    return refused, {k: v for k, v in changed.items() if k not in refused}

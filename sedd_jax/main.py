@@ -38,7 +38,7 @@ def main(argv):
         parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                       FLAGS.distributed, FLAGS.heartbeat_timeout)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, MemoryError) as e:
+    except (ValueError, FileNotFoundError, MemoryError, train.TrainingDivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -64,6 +64,7 @@ def training_components(config):
 def make_train_step(config, model, loss_fn, optimizer, mesh):
     """train_step(state, batch int32[B, L], key) -> (state, metrics) for one optimizer update."""
     accum, length = int(config.training.accum), int(config.model.length)
+    max_update_ratio = float(config.training.get("max_update_ratio", 1.0))
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, parallel.BATCH_AXES))
 
     def micro_loss(params, x0, key):
@@ -93,7 +94,11 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
         loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # An update is applied only when the loss, the gradients and the update are finite and the update is
+        # not absurd (larger than the parameters themselves, e.g. a diverging learning rate).
+        update_norm, param_norm = optax.tree.norm(updates), optax.tree.norm(params)
+        finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+                  & (update_norm <= max_update_ratio * jnp.maximum(param_norm, 1.0)))
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         params = keep_if_finite(optax.apply_updates(params, updates), params)
         opt_state = keep_if_finite(opt_state, state["opt_state"])
@@ -102,7 +107,8 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
         new_state = dict(step=state["step"] + 1, params=params, opt_state=opt_state, ema=ema,
                          skipped=state["skipped"] + (~finite).astype(jnp.int32))
         metrics = dict(train_loss=loss / length, grad_norm=grad_norm,
-                       learning_rate=learning_rate_schedule(config)(state["step"]))
+                       learning_rate=learning_rate_schedule(config)(state["step"]),
+                       update_skipped=(~finite).astype(jnp.int32))
         return new_state, metrics
 
     return train_step
@@ -201,6 +207,32 @@ def _report_memory(compiled, what: str) -> None:
             "python -m sedd_jax.compile checks a config without running it")
 
 
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive updates were skipped (non-finite or too large): the run stopped."""
+
+
+class _DivergenceWatch:
+    """Counts consecutive skipped updates from the per-step flags of each log window."""
+
+    def __init__(self, max_skipped: int, last_applied: int):
+        self.max_skipped, self.last_applied = max_skipped, last_applied
+        self.consecutive, self.diverged = 0, False
+
+    def observe(self, first_step: int, skipped: list[int]) -> None:
+        for step, was_skipped in enumerate(skipped, start=first_step):
+            self.consecutive = self.consecutive + 1 if was_skipped else 0
+            if not was_skipped:
+                self.last_applied = step
+        self.diverged = self.consecutive >= self.max_skipped
+
+    def message(self, latest_checkpoint: int | None) -> str:
+        return (f"training diverged: the last {self.consecutive} updates were skipped (non-finite loss, gradients "
+                f"or update, or an update larger than the parameters); the last applied update was step "
+                f"{self.last_applied} and the newest checkpoint is step {latest_checkpoint} (skipped updates leave "
+                "the weights unchanged, so it holds finite weights). Lower --config.optim.lr or raise "
+                "--config.optim.warmup and rerun to resume from it")
+
+
 class _MetricsLog:
     """metrics.jsonl + TensorBoard (clu) on process 0. Cloud workdirs (gs://) cannot append to an object, so
     there the file is rewritten whole at each log (it stays small: one line per logged step)."""
@@ -217,16 +249,19 @@ class _MetricsLog:
         self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
 
     def write(self, step: int, scalars: dict) -> None:
+        """One strict-JSON line: non-finite values are written as null and named in "nonfinite"."""
         if not self.enabled:
             return
-        line = json.dumps({"step": step, **scalars})
+        nonfinite = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+        record = {"step": step, **{k: None if k in nonfinite else v for k, v in scalars.items()}}
+        line = json.dumps(dict(record, nonfinite=nonfinite) if nonfinite else record, allow_nan=False)
         if self._append:
             with self._path.open("a") as f:
                 f.write(line + "\n")
         else:
             self._lines.append(line)
             self._path.write_text("\n".join(self._lines) + "\n")
-        self._writer.write_scalars(step, scalars)
+        self._writer.write_scalars(step, {k: v for k, v in scalars.items() if k not in nonfinite})
 
     def close(self) -> None:
         if self.enabled:
@@ -258,12 +293,18 @@ def _snapshot_sampler(config, model, graph, noise, out_sharding):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+    """Trains (or resumes) the run in `workdir`, holding its lock (one trainer per workdir); returns the last
+    logged metrics."""
+    configs.validate(config)
+    with checkpoints.WorkdirLock(workdir):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
     from sedd_jax import data
 
-    configs.validate(config)
     mesh = parallel.create_mesh(config)
-    checkpoints.check_or_write_config(workdir, config)
+    saved_config, allowed_changes = checkpoints.check_resumable(workdir, config)
     bundle = data.create_datasets(config, workdir)
 
     graph, noise, model, optimizer, loss_fn = training_components(config)
@@ -275,16 +316,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     param_shardings, replicated = state_shardings["params"], parallel.replicated(mesh)
 
     manager = checkpoints.create_manager(workdir, config)
-    latest = manager.latest_step()
+    saved_batch = int(saved_config.training.batch_size) if saved_config else int(t.batch_size)
+    latest, saved_state, ema = checkpoints.restore_newest_usable(
+        manager, {k: v for k, v in abstract_state.items() if k != "ema"}, abstract_state["ema"], bundle.train_iter,
+        batch_sizes=(saved_batch, int(t.batch_size)), log=_log)
     if latest is None:
         state = jax.jit(init_state, out_shardings=state_shardings)(init_key)
         _log(f"initialised a new run in {workdir}")
     else:
-        saved_state, ema = checkpoints.restore(
-            manager, latest, {k: v for k, v in abstract_state.items() if k != "ema"}, abstract_state["ema"],
-            bundle.train_iter)
         state = dict(saved_state, ema=ema)
         _log(f"resumed {workdir} from step {latest}")
+        for field, (old, new) in allowed_changes.items():
+            _log(f"config change on resume: {field} {old!r} -> {new!r} (recorded in {checkpoints.HISTORY_FILE})")
     sharding_report = parallel.check_sharded(state["params"], mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     _log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; per-device parameter share "
@@ -309,6 +352,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     n_iters = int(t.n_iters)
     step = int(state["step"])
     pending: list[dict] = []
+    config_recorded = False
+    divergence = _DivergenceWatch(int(t.get("max_skipped_updates", 20)), last_applied=step)
     window_start, window_step = time.time(), step
     last: dict = {}
     with checkpoints.PreemptionWatch() as watch:
@@ -319,9 +364,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             pending.append(metrics)
             scalars: dict[str, Any] = {}
             if step % t.log_freq == 0 or step == n_iters:
-                means = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
-                pending = []
-                scalars.update({k: float(v) for k, v in means.items()})
+                fetched, pending = jax.device_get(pending), []
+                skipped = [int(m.pop("update_skipped")) for m in fetched]
+                divergence.observe(step - len(fetched) + 1, skipped)
+                scalars.update({k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
                 scalars["skipped_updates"] = int(state["skipped"])
                 elapsed = time.time() - window_start
                 steps_per_s = (step - window_step) / max(elapsed, 1e-9)
@@ -331,19 +377,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 eta = (n_iters - step) / max(steps_per_s, 1e-9)
                 _log(f"step {step}/{n_iters} | train_loss {scalars['train_loss']:.4f} nats/token | "
                      f"{steps_per_s:.2f} steps/s | {scalars['tokens_per_sec']:,.0f} tokens/s | "
-                     f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                     f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+                     + (f" | skipped {sum(skipped)} of {len(skipped)} updates (non-finite or too large)"
+                        if any(skipped) else ""))
             if step % t.eval_freq == 0 or step == n_iters:
                 eval_batch = parallel.global_batch(next(bundle.eval_iter), mesh)
                 eval_loss = float(eval_step(state["ema"], eval_batch, jax.random.fold_in(eval_key, step)))
-                scalars.update(eval_loss=eval_loss, eval_ppl_bound=math.exp(min(eval_loss, 700.0)))
+                scalars.update(eval_loss=eval_loss,
+                               eval_ppl_bound=math.exp(eval_loss) if eval_loss < 700 else math.inf)
                 _log(f"step {step} | eval_loss {eval_loss:.4f} nats/token | perplexity <= "
                      f"{scalars['eval_ppl_bound']:.2f}")
             if scalars:
                 metrics_log.write(step, scalars)
                 last = {"step": step, **scalars}
+            if divergence.diverged:
+                manager.wait_until_finished()
+                raise TrainingDivergedError(divergence.message(manager.latest_step()))
             is_snapshot = step % t.snapshot_freq == 0 or step == n_iters
             stopping = watch.should_stop(manager, step)
             if is_snapshot or stopping or manager.should_save(step):
+                if not config_recorded:
+                    checkpoints.record_config(workdir, config, step, allowed_changes)
+                    config_recorded = True
                 checkpoints.save(manager, step, {k: v for k, v in state.items() if k != "ema"}, state["ema"],
                                  checkpoints.IteratorSnapshot(bundle.train_iter), force=True)
             if is_snapshot and sampler is not None:

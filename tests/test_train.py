@@ -1,7 +1,10 @@
 """The trainer: learning, exact resume, preemption, sharding over fake devices, bad input."""
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from sedd_jax import configs, parallel, pretrained, train
+from sedd_jax import checkpoints, configs, parallel, pretrained, train
 from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
 
 
@@ -148,6 +151,87 @@ def test_check_sharded_fails_on_replicated_parameters():
     assert "replicated: parameters are not sharded" in done.stdout
 
 
+# ------------------------------------------------------------------------------- runs that go wrong
+
+def test_diverging_run_stops_and_keeps_finite_weights(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config(tmp_path, training__n_iters=10), workdir)
+    with pytest.raises(train.TrainingDivergedError, match="the last 5 updates were skipped .* the last applied "
+                                                          "update was step 10 and the newest checkpoint is step"):
+        train.train_and_evaluate(config(tmp_path, training__n_iters=60, optim__lr=1e6,
+                                        training__max_skipped_updates=5), workdir)
+    metrics = read_metrics(workdir)
+    assert [m["step"] for m in metrics if "train_loss" in m][-5:] == [11, 12, 13, 14, 15]
+    assert metrics[-1]["skipped_updates"] == 5
+    model = pretrained.load(workdir)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.params))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config(tmp_path, training__n_iters=10), str(workdir))
+    straight = train_losses(workdir)
+    newest = workdir / "checkpoints" / "10"
+    shutil.rmtree(newest / "ema")                                   # a deleted part of the newest checkpoint
+    done = _run(main_command(tmp_path, workdir, training__n_iters=12))
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint 10 is not usable" in done.stdout and f"resumed {workdir} from step 5" in done.stdout
+    assert (workdir / checkpoints.UNUSABLE_DIR / "10" / "state").is_dir()   # set aside, not deleted
+    resumed = train_losses(workdir)
+    for step in range(6, 11):                                       # the same run again from step 5
+        assert abs(resumed[step] - straight[step]) <= 1e-6 * abs(straight[step]), step
+    assert max(resumed) == 12
+
+
+def test_metrics_are_strict_json(tmp_path):
+    log = train._MetricsLog(str(tmp_path))
+    log.write(3, {"eval_loss": float("nan"), "eval_ppl_bound": float("inf"), "train_loss": 1.5})
+    log.close()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert record == {"step": 3, "eval_loss": None, "eval_ppl_bound": None, "train_loss": 1.5,
+                      "nonfinite": ["eval_loss", "eval_ppl_bound"]}
+
+
+def test_one_trainer_per_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    with checkpoints.WorkdirLock(str(workdir)):
+        started = time.time()
+        with pytest.raises(ValueError, match=f"in use by another trainer \\(pid {os.getpid()} on "):
+            train.train_and_evaluate(config(tmp_path), str(workdir))
+        assert time.time() - started < 10
+    assert not (workdir / checkpoints.LOCK_FILE).exists()
+    # A lock left by a trainer that has exited (same host, no such process) is taken over.
+    (workdir / checkpoints.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid()}))
+    with checkpoints.WorkdirLock(str(workdir)) as lock:
+        assert lock.held and json.loads((workdir / checkpoints.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_resume_refuses_meaning_changes_and_records_others(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config(tmp_path, training__n_iters=4), str(workdir))
+    before = _snapshot(workdir)
+    with pytest.raises(ValueError, match="cannot continue with this config \\(noise.type: workdir has 'loglinear', "
+                                         "config has 'geometric'\\)"):
+        train.train_and_evaluate(config(tmp_path, noise__type="geometric", training__n_iters=6), str(workdir))
+    with pytest.raises(ValueError, match="32 sequences into the data stream .*not a whole number of batches of the new training.batch_size=12"):
+        train.train_and_evaluate(config(tmp_path, training__batch_size=12, training__n_iters=6), str(workdir))
+    assert _snapshot(workdir) == before
+    train.train_and_evaluate(config(tmp_path, optim__lr=5e-4, training__batch_size=16, training__n_iters=6),
+                             str(workdir))
+    history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["changes"]["optim.lr"] == {"from": 1e-3, "to": 5e-4}
+    assert history[-1]["changes"]["training.batch_size"] == {"from": 8, "to": 16}
+    assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 5e-4
+    assert max(train_losses(workdir)) == 6
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 def _snapshot(directory) -> dict:
@@ -159,7 +243,7 @@ def test_workdir_with_another_model_shape(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config(tmp_path, training__n_iters=2), workdir)
     before = _snapshot(workdir)
-    with pytest.raises(ValueError, match="another model shape.*model.hidden_size: workdir has 32, config has 64"):
+    with pytest.raises(ValueError, match="cannot continue with this config \\(model.hidden_size: workdir has 32, config has 64\\)"):
         train.train_and_evaluate(config(tmp_path, model__hidden_size=64), workdir)
     assert _snapshot(workdir) == before
 
