@@ -198,3 +198,41 @@ def test_sample_and_convert_report_one_error_line(tmp_path, capsys):
         assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, (path, err)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
     assert not (tmp_path / "pwned").exists()
+
+
+BOUNDED = """
+import json, os, resource, sys
+from sedd_jax import official
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+tmp = sys.argv[1]
+start = peak()
+refused = 0
+for name in sorted(os.listdir(tmp)):
+    path = os.path.join(tmp, name)
+    try:
+        (official.read_config if os.path.isdir(path) else official.read_safetensors)(path)
+    except ValueError:
+        refused += 1
+print("refused", refused, "growth", peak() - start)
+"""
+
+
+def test_config_and_safetensors_bombs_are_refused_in_bounded_memory(tmp_path):
+    bombs = tmp_path / "bombs"
+    bombs.mkdir()
+    claims = {"header": _safetensors({}, header_size=1 << 62),
+              "tensor": _safetensors({"w": {"dtype": "F32", "shape": [1 << 34], "data_offsets": [0, 1 << 36]}}),
+              "many": _safetensors({f"w{i}": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 1 << 22]}
+                                    for i in range(1000)})}
+    for name, content in claims.items():
+        (bombs / f"{name}.safetensors").write_bytes(content)
+    for name, field, value in (("blocks", "model.n_blocks", 10_000_000), ("hidden", "model.hidden_size", 1 << 30),
+                               ("vocab", "tokens", 1 << 40)):
+        (bombs / name).mkdir()
+        (bombs / name / "config.json").write_text(json.dumps(_with(_config(), field, value)))
+    done = subprocess.run([sys.executable, "-c", BOUNDED, str(bombs)], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    refused, growth = done.stdout.split()[1], int(done.stdout.split()[3])
+    assert refused == "6", done.stdout + done.stderr
+    assert growth < 64 << 20, growth   # nothing the files claim was allocated
