@@ -330,7 +330,8 @@ for name, path in json.loads(sys.argv[1]).items():
         results[name] = "loaded " + ",".join(f"{k}:{v.shape}" for k, v in state.items())
     except torch_pickle.UnsafeCheckpointError as error:
         results[name] = "refused " + str(error)
-results["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM: this process's own peak (ru_maxrss would carry over the parent's peak across fork and exec).
+results["maxrss_kib"] = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 results["torch imported"] = "torch" in sys.modules
 print(json.dumps(results))
 """
