@@ -6,7 +6,7 @@
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
-(`sedd_jax.train.compile_train_step`: sharded over all devices, state donated). MFU uses the analytic matmul
+(`sedd_jax.train_step.compile_train_step`: sharded over all devices, state donated). MFU uses the analytic matmul
 FLOPs of `sedd_jax.flops` (bidirectional attention, forward + backward, recomputation not counted) and the
 chip's data-sheet peak. Figures are printed, never asserted.
 """
@@ -20,7 +20,7 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import jax
 import numpy as np
 
-from sedd_jax import flops, parallel, train
+from sedd_jax import flops, parallel, train_state, train_step
 
 
 def main():
@@ -33,15 +33,15 @@ def main():
     print(common.device_line())
 
     mesh = parallel.create_mesh(config)
-    graph, _, model, optimizer, loss_fn = train.training_components(config)
+    graph, _, model, optimizer, loss_fn = train_step.training_components(config)
 
     started = time.perf_counter()
-    init_state, abstract_state, shardings = train.train_state_layout(config, model, optimizer, mesh,
+    init_state, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, mesh,
                                                                      jax.random.key(0))
-    step = train.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+    step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
     compile_s = time.perf_counter() - started
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
-    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
     b, length = config.training.batch_size, config.model.length
     rng = np.random.default_rng(0)

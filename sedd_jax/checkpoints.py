@@ -1,12 +1,14 @@
 """Orbax checkpoints of a training run: save, resume, preemption, and EMA weights for sampling.
 
 Layout of a workdir:
-    workdir/config.json             the run's config (written once; a rerun must have the same shapes)
-    workdir/checkpoints/<step>/     state/ (params, opt_state, step, skipped), ema/ (EMA params),
+    workdir/config.json             the run's config (written with its first checkpoint)
+    workdir/config_history.jsonl    config changes allowed on resume (learning rate, n_iters, ...)
+    workdir/trainer.lock            host and pid of the trainer running in the workdir
+    workdir/checkpoints/<step>/     state/ (TrainState step, params, opt_state), ema/ (EMA params),
                                     data/ (per-host grain iterator state: process_<i>-of-<n>.json)
+    workdir/unusable_checkpoints/   damaged checkpoints set aside on resume (never deleted)
 
-Checkpoints are written asynchronously every `training.snapshot_freq_for_preemption` steps (the last
-`training.keep_checkpoints` are kept), and kept for good at multiples of `training.snapshot_freq`. Orbax
+Checkpoints are written asynchronously under one save policy (`create_manager`). Orbax
 writes each step to a temporary directory and renames it when complete, so an interrupted save never
 leaves a checkpoint that looks whole. Restoring takes the target shardings of the current mesh, so a run
 can resume on another mesh shape.
@@ -15,8 +17,11 @@ can resume on another mesh shape.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -24,11 +29,13 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sedd_jax import configs
+from sedd_jax import configs, files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -63,9 +70,11 @@ def record_config(workdir: str, config, step: int, allowed: dict) -> None:
         return
     path = config_path(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str))
-    tmp.replace(path)
+    if "://" in str(path):
+        path.write_text(json.dumps(config.to_dict(), indent=2, default=str))  # object stores write whole objects
+    else:
+        with files.atomic_write(str(path), mode="w", hint=files.WORKDIR_SPACE_HINT) as f:
+            f.write(json.dumps(config.to_dict(), indent=2, default=str))
     if allowed:
         history = path.parent / HISTORY_FILE
         lines = history.read_text().splitlines() if history.exists() else []
@@ -79,19 +88,25 @@ def _absolute(workdir: str) -> epath.Path:
 
 
 def create_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
-    t = config.training
+    """The run's checkpoint manager and its one save policy: every `training.snapshot_freq_for_preemption` and
+    `training.snapshot_freq` steps, at `training.n_iters`, and when a multi-host preemption is signalled
+    (`save(..., force=True)` for a single-process SIGTERM). Kept: the newest `training.keep_checkpoints` and
+    every multiple of `training.snapshot_freq`."""
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     else:
+        t, policies = config.training, ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=int(t.snapshot_freq_for_preemption),
-            max_to_keep=int(t.keep_checkpoints),
-            keep_period=int(t.snapshot_freq),
-            create=True,
-            enable_async_checkpointing=True,
-        )
+            save_decision_policy=policies.AnySavePolicy([
+                policies.FixedIntervalPolicy(int(t.snapshot_freq_for_preemption)),
+                policies.FixedIntervalPolicy(int(t.snapshot_freq)),
+                policies.SpecificStepsPolicy({int(t.n_iters)}),
+                policies.PreemptionCheckpointingPolicy()]),
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(int(t.keep_checkpoints)), policies.EveryNSteps(int(t.snapshot_freq))]),
+            create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(_absolute(workdir) / CHECKPOINT_DIR, options=options,
-                                 item_names=("state", "ema", "data"))
+                                 item_names=("state", "ema", "data", "fingerprint"))
 
 
 LOCK_FILE = "trainer.lock"
@@ -171,68 +186,182 @@ class IteratorSnapshot:
         return self._state
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: dict, ema: Any, data_iter, force: bool = False) -> bool:
-    """Saves (asynchronously) when the manager's policy says so, or always with `force`."""
+def _split_ema(state) -> tuple[dict, Any]:
+    """A TrainState as the checkpoint's two items: {"step", "params", "opt_state"} and the EMA, which is kept
+    apart so that `load_ema_params` reads only the EMA."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return {k: v for k, v in fields.items() if k != "ema"}, fields["ema"]
+
+
+def _check_free_space(manager: ocp.CheckpointManager, step: int, state) -> None:
+    """An OSError (ENOSPC) before a save that cannot fit: the arrays this process writes need more than the
+    local filesystem has free (a failed asynchronous save surfaces later, noisily, and leaves partial files)."""
+    directory = str(manager.directory)
+    if "://" in directory:
+        return
+    needed = sum(shard.data.nbytes for leaf in jax.tree.leaves(state) for shard in leaf.addressable_shards
+                 if shard.replica_id == 0)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"checkpoint {step} needs ~{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
+                      f"free on the filesystem of {directory}")
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter, force: bool = False) -> bool:
+    """Saves a TrainState and the data iterator (asynchronously) when the manager's policy says so, or always
+    with `force`; returns whether it saves."""
     import grain
 
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), ema=ocp.args.StandardSave(ema),
-                              data=grain.checkpoint.CheckpointSave(data_iter))
+    _check_free_space(manager, step, state)
+    items, ema = _split_ema(state)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(items), ema=ocp.args.StandardSave(ema),
+                              data=grain.checkpoint.CheckpointSave(IteratorSnapshot(data_iter)),
+                              fingerprint=ocp.args.JsonSave({"arrays": np.asarray(_fingerprint(state)).tolist()}))
     return manager.save(step, args=args, force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, abstract_ema: Any, data_iter,
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter,
             batch_sizes: tuple[int, int] | None = None):
-    """Restores state and EMA onto the shardings carried by the abstract trees, and the iterator in place.
+    """The TrainState of checkpoint `step` on the shardings carried by `abstract_state` (a TrainState of
+    ShapeDtypeStructs); the iterator is restored in place.
 
     The iterator state may come from a run with another process count: every process of a run is at the
     same global batch (sedd_jax.data.pipeline), so any process's saved state resumes every process here.
     `batch_sizes=(saved, new)` global batch sizes: the iterator resumes at the same position of the data
     stream in batches of the new size (the position must be a multiple of it)."""
+    abstract_items, abstract_ema = _split_ema(abstract_state)
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), ema=ocp.args.StandardRestore(abstract_ema)))
+        state=ocp.args.StandardRestore(abstract_items), ema=ocp.args.StandardRestore(abstract_ema)))
     iterator_state = _saved_iterator_state(epath.Path(manager.directory) / str(step) / "data")
     if batch_sizes and batch_sizes[0] != batch_sizes[1]:
         saved, new = batch_sizes
         position = iterator_state.get("next_index", 0) * saved
         if set(iterator_state) != {"next_index"} or position % new:
-            raise ValueError(f"the checkpoint of step {step} is {position} sequences into the data stream (batches "
+            raise IncompatibleCheckpointError(f"the checkpoint of step {step} is {position} sequences into the data stream (batches "
                              f"of {saved}), which is not a whole number of batches of the new training.batch_size="
                              f"{new}; choose a batch size that divides {position} (with data.num_workers=0)")
         iterator_state = {"next_index": position // new}
     data_iter.set_state(iterator_state)
-    return restored["state"], restored["ema"]
+    return abstract_state.replace(**restored["state"], ema=restored["ema"])
 
 
 UNUSABLE_DIR = "unusable_checkpoints"
 
 
-def restore_newest_usable(manager: ocp.CheckpointManager, abstract_state: dict, abstract_ema: Any, data_iter,
-                          batch_sizes: tuple[int, int] | None = None, log=print):
-    """(step, state, ema) of the newest checkpoint that restores and holds finite parameters and EMA, or
-    (None, None, None) when there is none yet. A newer checkpoint that fails (unreadable, truncated, missing
-    files, non-finite weights) is reported in one line and moved to workdir/unusable_checkpoints/<step>, out
-    of the rotation (nothing is deleted); if none is usable, a ValueError says what to look at."""
-    import jax.numpy as jnp
+class IncompatibleCheckpointError(ValueError):
+    """A readable checkpoint that this run cannot continue from (another model, optimizer layout or data
+    position); unlike a damaged one it is never set aside."""
 
+
+def _check_layout(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+    """IncompatibleCheckpointError when checkpoint `step` holds another model (parameter paths or shapes) or
+    another optimizer-state layout than `abstract_state`; orbax's errors when its metadata cannot be read."""
+    from sedd_jax import models
+
+    directory = epath.Path(manager.directory) / str(step)
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored = {name: checkpointer.metadata(directory / name).item_metadata for name in ("state", "ema")}
+    stored = {name: getattr(tree, "tree", tree) for name, tree in stored.items()}
+    for name, tree in stored.items():
+        if not tree:
+            raise FileNotFoundError(f"{directory / name} is missing or has no metadata")
+    try:
+        models.check_param_shapes(stored["ema"], abstract_state.ema, str(directory / "ema"))
+        models.check_param_shapes(stored["state"]["params"], abstract_state.params, str(directory / "state"))
+    except ValueError as e:
+        raise IncompatibleCheckpointError(str(e)) from None
+    found = len(jax.tree.leaves(stored["state"]["opt_state"], is_leaf=lambda x: hasattr(x, "shape")))
+    expected = len(jax.tree.leaves(abstract_state.opt_state))
+    if found != expected:
+        raise IncompatibleCheckpointError(
+            f"{directory} holds an optimizer state of {found} arrays where this run has {expected}: it was written "
+            "with another optimizer (optim.grad_clip on or off) or another sedd-jax version. Resume with those, or "
+            "start a new --workdir")
+
+
+@jax.jit
+def _fingerprint(tree) -> jax.Array:
+    """float32[n_arrays, 2]: per array of `tree`, the sum of |x| and of x^2. Saved with each checkpoint and
+    recomputed on restore: values changed on disk (flipped bytes) show, while another mesh's reduction order
+    changes the sums by ~1e-6 relative. Non-finite values give non-finite sums."""
+    return jnp.stack([jnp.stack([jnp.abs(x.astype(jnp.float32)).sum(), jnp.square(x.astype(jnp.float32)).sum()])
+                      for x in jax.tree.leaves(tree)])
+
+
+def _damage(manager: ocp.CheckpointManager, step: int, state) -> str | None:
+    """Why restored `state` of checkpoint `step` must not be used, or None: non-finite arrays, or arrays that
+    differ from the fingerprint saved with them (checkpoints without one are checked for finiteness only)."""
+    found = np.asarray(_fingerprint(state))
+    if not np.isfinite(found).all():
+        return "its parameters, optimizer state or EMA are not finite"
+    if not (epath.Path(manager.directory) / str(step) / "fingerprint").exists():
+        return None
+    saved = np.asarray(manager.restore(step, args=ocp.args.Composite(
+        fingerprint=ocp.args.JsonRestore()))["fingerprint"]["arrays"], dtype=np.float64)
+    if saved.shape != found.shape:
+        return f"its fingerprint describes {len(saved)} arrays, it holds {len(found)}: the files changed on disk"
+    changed = int((~np.isclose(found, saved, rtol=1e-4, atol=0)).any(axis=1).sum())
+    if changed:
+        return f"{changed} of {len(found)} arrays differ from the fingerprint saved with them: the files changed on disk"
+    return None
+
+
+def _restore_checked(manager, step, abstract_state, data_iter, batch_sizes):
+    """(TrainState, None) when checkpoint `step` restores undamaged (finite, matching its fingerprint), else
+    (None, the reason in one line). IncompatibleCheckpointError propagates."""
+    try:
+        _check_layout(manager, step, abstract_state)
+        state = restore(manager, step, abstract_state, data_iter, batch_sizes)
+    except IncompatibleCheckpointError:
+        raise
+    except Exception as e:  # orbax/tensorstore report damaged files with many exception types
+        first_line = str(e).splitlines()[0][:300] if str(e) else ""
+        return None, f"{type(e).__name__}: {first_line}"
+    reason = _damage(manager, step, state)
+    return (None, reason) if reason else (state, None)
+
+
+def restore_newest_usable(manager: ocp.CheckpointManager, abstract_state, data_iter,
+                          batch_sizes: tuple[int, int] | None = None, log=print):
+    """(step, TrainState) of the newest checkpoint that restores and holds finite parameters and EMA, or
+    (None, None) when there is none yet.
+
+    A newer checkpoint that fails (unreadable, truncated, missing files, non-finite weights) is reported in one
+    line and moved to workdir/unusable_checkpoints/<step>, out of the rotation (nothing is deleted); if none is
+    usable, a ValueError says what to look at. A readable checkpoint of another model or optimizer layout is an
+    IncompatibleCheckpointError, with nothing moved."""
     steps = sorted(manager.all_steps(), reverse=True)
     for step in steps:
-        try:
-            state, ema = restore(manager, step, abstract_state, abstract_ema, data_iter, batch_sizes)
-            if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((state["params"], ema))):
-                raise ValueError("its parameters or EMA are not finite")
-            return step, state, ema
-        except ValueError as e:
-            if "not a whole number of batches" in str(e):
-                raise
-            reason = str(e).splitlines()[0][:300]
-        except Exception as e:  # orbax/tensorstore report damaged files with many exception types
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        state, reason = _restore_checked(manager, step, abstract_state, data_iter, batch_sizes)
+        if state is not None:
+            return step, state
         log(f"checkpoint {step} is not usable ({reason}); moving it to {UNUSABLE_DIR}/ and trying the one before")
         _set_aside(manager, step)
     if steps:
         raise ValueError(f"no usable checkpoint in {manager.directory} (tried steps {steps}; they are now in "
                          f"{UNUSABLE_DIR}/ beside it). Start a new --workdir, or restore a copy of the run")
-    return None, None, None
+    return None, None
+
+
+def disk_full_error(workdir: str, error: BaseException) -> files.DiskFullError | None:
+    """When `error` (from a training run) ran out of space: removes the unfinished saves' temporary
+    directories from workdir/checkpoints (process 0; the workdir lock makes them this run's) and returns a
+    one-line DiskFullError naming the newest complete checkpoint. None for any other error."""
+    if not files.is_disk_full(error):
+        return None
+    directory = _absolute(workdir) / CHECKPOINT_DIR
+    if jax.process_index() == 0 and directory.exists():
+        for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+            if partial.is_dir():
+                partial.rmtree()
+            else:
+                partial.unlink()
+    newest = max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None) \
+        if directory.exists() else None
+    hint = (f"the newest complete checkpoint is step {newest}; free space there (or lower "
+            "--config.training.keep_checkpoints) and rerun to resume from it")
+    return files.DiskFullError(files.disk_full_message(f"{directory}/", errno.ENOSPC, hint, str(directory)),
+                               errno.ENOSPC, str(directory))
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
@@ -280,6 +409,24 @@ def load_ema_params(workdir: str):
     ema = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))["ema"]
     manager.close()
     return config, ema
+
+
+@contextlib.contextmanager
+def exit_on_sigterm(when: str):
+    """Within the block, SIGTERM (in the main thread) prints one line and raises SystemExit(143), so the code
+    running unwinds through its `finally` clauses (temporary files removed, the workdir lock released)."""
+    def stop(signum, frame):
+        print(f"stopped by SIGTERM {when}", flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class PreemptionWatch:

@@ -5,7 +5,7 @@
 
 --topology names a TPU slice as libtpu does (`v4:2x2x2`, `v5e:4x4`, `v5p:2x2x4`, `v6e:8x8`), compiled by
 libtpu's compiler on this machine (the `[tpu]` extra: `pip install -e ".[tpu]"`; no TPU needed), or `cpu:N`
-for N fake CPU devices. The program is the trainer's (`train.compile_train_step`: the same step, shardings,
+for N fake CPU devices. The program is the trainer's (`train_step.compile_train_step`: the same step, shardings,
 donation and config). It prints the mesh, the memory per device (arguments, outputs, temporaries, total)
 against the device's HBM, the FLOPs per step and per token, and whether it fits; a config that does not fit
 is told what to change. `--format=markdown` prints a row of docs/scale.md's table, `--format=json` an object.
@@ -55,7 +55,7 @@ class CompileReport:
     remat: str
     hbm: float | None                 # bytes per device (None for CPUs)
     state_bytes: float                # the train state's share per device (parameters, EMA, optimizer)
-    memory: dict | None               # train.memory_summary of the compiled step (None when it did not compile)
+    memory: dict | None               # progress.memory_summary of the compiled step (None when it did not compile)
     fits: bool
     flops_per_token: float            # XLA's count (see the module docstring)
     analytic_flops_per_token: float   # sedd_jax.flops.train_flops_per_token
@@ -114,7 +114,7 @@ def xla_flops_per_token(config) -> float:
     import jax
     import jax.numpy as jnp
 
-    from sedd_jax import parallel, train
+    from sedd_jax import parallel, train_state, train_step
 
     probe = config.copy_and_resolve_references()
     probe.model.scan_blocks, probe.model.remat, probe.training.accum = False, "none", 1
@@ -122,9 +122,9 @@ def xla_flops_per_token(config) -> float:
     probe.training.batch_size = batch
     probe.mesh.data, probe.mesh.fsdp, probe.mesh.tensor = 1, 1, 1
     mesh = parallel.create_mesh(probe, jax.devices("cpu")[:1])
-    _, _, model, optimizer, loss_fn = train.training_components(probe)
-    _, abstract_state, _ = train.train_state_layout(probe, model, optimizer, mesh, jax.random.key(0))
-    step = jax.jit(train.make_train_step(probe, model, loss_fn, optimizer, mesh))
+    _, _, model, optimizer, loss_fn = train_step.training_components(probe)
+    _, abstract_state, _ = train_state.train_state_layout(probe, model, optimizer, mesh, jax.random.key(0))
+    step = jax.jit(train_step.make_train_step(probe, model, loss_fn, optimizer, mesh))
     lowered = step.lower(abstract_state, jax.ShapeDtypeStruct((batch, length), jnp.int32), jax.random.key(0))
     return _flops(lowered.cost_analysis()) / (batch * length)
 
@@ -138,20 +138,20 @@ def aot_compile(config, topology: str, config_name: str = "") -> CompileReport:
     """Compiles the trainer's train step of `config` for `topology`; see CompileReport."""
     import jax
 
-    from sedd_jax import configs, flops, parallel, train
+    from sedd_jax import configs, flops, parallel, progress, train_state, train_step
 
     devices = topology_devices(topology)
     hosts = len({d.process_index for d in devices})
     configs.validate(config, device_count=len(devices), process_count=hosts)
     mesh = parallel.create_mesh(config, devices)
-    graph, _, model, optimizer, loss_fn = train.training_components(config)
-    _, abstract_state, shardings = train.train_state_layout(config, model, optimizer, mesh, jax.random.key(0))
+    graph, _, model, optimizer, loss_fn = train_step.training_components(config)
+    _, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, mesh, jax.random.key(0))
     state_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
                       for a in jax.tree.leaves(abstract_state))
     memory, out_of_memory, compiled_flops = None, None, None
     try:
-        compiled = train.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
-        memory = train.memory_summary(compiled)
+        compiled = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+        memory = progress.memory_summary(compiled)
         compiled_flops = _flops(compiled.cost_analysis())
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
@@ -168,7 +168,7 @@ def aot_compile(config, topology: str, config_name: str = "") -> CompileReport:
         analytic_flops_per_token=flops.train_flops_per_token(config, graph.dim), out_of_memory=out_of_memory,
         compiled_flops_per_device=compiled_flops)
     if not fits:
-        report.advice = advice(report)
+        report.advice = advice(report, config)
     return report
 
 
@@ -182,26 +182,23 @@ def _needed_temporaries(report: CompileReport) -> float | None:
     return float(match.group(1)) * 2 ** (10 * "KMGT".index(match.group(2)) + 10)
 
 
-def advice(report: CompileReport) -> list[str]:
-    """What to change, most specific first, for a report that does not fit."""
+def advice(report: CompileReport, config=None) -> list[str]:
+    """What to change, most specific first, for a report that does not fit. With the report's `config`, the
+    accumulation it suggests has been compiled and fits (see `_accumulation_that_fits`); without it, no
+    accumulation is named, as none has been checked."""
     tips = []
     data, fsdp, tensor = (report.mesh[a] for a in ("data", "fsdp", "tensor"))
     state = report.state_bytes
     if report.hbm and state > 0.4 * report.hbm:
         tips.append(f"the train state alone takes {_gib(state)} per device: shard it over more devices with "
                     f"--config.mesh.fsdp={fsdp * 2 if data % 2 == 0 else fsdp} (now {fsdp})")
-    temporaries = _needed_temporaries(report)
     per_device = report.batch_size // report.accum // (data * fsdp)
-    if temporaries is not None and report.hbm and per_device > 1:
-        # Temporaries shrink about in proportion to the micro-batch; the (donated) state stays.
-        factor = math.ceil(temporaries / max(report.hbm - state, 1.0))
-        options = [k for k in range(max(factor, 2), per_device + 1)
-                   if (report.batch_size // report.accum) % (k * data * fsdp) == 0]
-        if options:
-            k = options[0]
-            tips.append(f"accumulate: --config.training.accum={report.accum * k} (micro-batches of "
-                        f"{per_device // k} sequences per device instead of {per_device}; temporaries "
-                        f"~{_gib(temporaries / k)} instead of {_gib(temporaries)})")
+    if report.hbm and per_device > 1 and state < report.hbm:
+        if config is None:
+            tips.append(f"accumulate: a larger --config.training.accum (now {report.accum}, micro-batches of "
+                        f"{per_device} sequences per device); compile again to see whether it fits")
+        else:
+            tips.append(_accumulation_that_fits(report, config, per_device))
     if report.remat != "full":
         tips.append(f"recompute more in the backward pass: --config.model.remat=full (now {report.remat})")
     tips.append(f"or a smaller --config.training.batch_size (now {report.batch_size}), or a slice with more "
@@ -209,10 +206,64 @@ def advice(report: CompileReport) -> list[str]:
     return tips
 
 
-def _gib(n: float) -> str:
-    from sedd_jax import train
+def _accumulation_factors(per_device: int) -> list[int]:
+    """Factors of the micro-batch per device to try: 2, 4, 8, ... that divide it, then the whole of it (one
+    sequence per device), smallest first."""
+    factors = [2 ** i for i in range(1, per_device.bit_length()) if per_device % 2 ** i == 0]
+    return factors + ([per_device] if per_device not in factors else [])
 
-    return train.format_bytes(n)
+
+def _accumulation_that_fits(report: CompileReport, config, per_device: int) -> str:
+    """The advice on training.accum, measured: compiles the train step with the micro-batch per device divided
+    by 2, 4, 8, ... and names the first accumulation that fits with its compiled total, or says that none
+    does. Temporaries do not shrink in proportion to the micro-batch (gradients and the accumulated sum stay),
+    so no estimate stands in for the compile. Each compile takes about as long as the first one did."""
+    tried = []
+    for k in _accumulation_factors(per_device):
+        accum = report.accum * k
+        print(f"{report.config_name or 'config'} does not fit; compiling it with --config.training.accum={accum} "
+              "to check that advice", file=sys.stderr, flush=True)
+        fits, needs = _compile_with_accum(report, config, accum)
+        if fits:
+            also = f"; {', '.join(tried)}" if tried else ""
+            return (f"accumulate: --config.training.accum={accum} (micro-batches of {per_device // k} sequences "
+                    f"per device instead of {per_device}; compiled: {needs} of {_gib(report.hbm)}{also})")
+        tried.append(f"accum={accum} needs {needs}")
+    return (f"accumulation alone does not fit ({'; '.join(tried)} of {_gib(report.hbm)}): combine it with the "
+            "changes below")
+
+
+def _compile_with_accum(report: CompileReport, config, accum: int) -> tuple[bool, str]:
+    """(fits, what it needs) for the train step of `config` with training.accum=`accum`, compiled for the
+    report's topology and mesh."""
+    import jax
+
+    from sedd_jax import parallel, progress, train_state, train_step
+
+    candidate = config.copy_and_resolve_references()
+    candidate.training.accum = accum
+    mesh = parallel.create_mesh(candidate, topology_devices(report.topology))
+    _, _, model, optimizer, loss_fn = train_step.training_components(candidate)
+    _, abstract_state, shardings = train_state.train_state_layout(candidate, model, optimizer, mesh, jax.random.key(0))
+    try:
+        compiled = train_step.compile_train_step(candidate, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        refused = dataclasses.replace(report, memory=None, out_of_memory=str(e).split("\n")[0])
+        needed = _needed_temporaries(refused)
+        return False, (f"temporaries {_gib(needed)} (the compiler refused it)" if needed
+                       else "more than the compiler allows")
+    memory = progress.memory_summary(compiled)
+    if memory is None:
+        return True, "an unknown total (no memory analysis)"
+    return memory["total"] <= report.hbm, f"total {_gib(memory['total'])}"
+
+
+def _gib(n: float) -> str:
+    from sedd_jax import progress
+
+    return progress.format_bytes(n)
 
 
 def format_text(r: CompileReport) -> str:
@@ -285,11 +336,25 @@ def _prepare_environment(argv) -> None:
     fake devices of cpu:N, and libtpu's compiler usable beside another process that holds it."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    topology = next((a.split("=", 1)[1] for a in argv if a.startswith("--topology=")), "")
-    match = re.fullmatch(r"cpu:(\d+)", topology)
+    match = re.fullmatch(r"cpu:(\d+)", _flag_value(argv, "topology") or "")
     if match and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={match.group(1)}").strip()
+
+
+def _flag_value(argv, name: str) -> str | None:
+    """The value of flag `name` in `argv` as absl reads it, before absl runs: `--name=VALUE` or `--name VALUE`
+    (one dash or two), the last one given, none after a bare `--`."""
+    value = None
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            break
+        if arg in (f"-{name}", f"--{name}"):
+            value = next(args, None)
+        elif arg.startswith((f"-{name}=", f"--{name}=")):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _define_flags() -> None:

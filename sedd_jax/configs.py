@@ -5,6 +5,8 @@ Field names follow the reference's hydra config where one exists (reference §0.
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from sedd_jax import graphs, models, noise as noise_lib
@@ -152,16 +154,17 @@ EXECUTION_FIELDS = ("model.attention", "model.scan_blocks", "model.remat", "mode
 
 
 def flatten(config) -> dict:
-    """{"a.b.c": value} of a ConfigDict or nested dict (tuples and lists as lists, for comparing with JSON)."""
+    """{"a.b.c": value} of a ConfigDict or nested dict, with values as its JSON (workdir/config.json) holds
+    them: tuples as lists, anything JSON cannot hold as its str()."""
+    def walk(tree, prefix):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
     raw = config.to_dict() if hasattr(config, "to_dict") else config
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
-        else:
-            flat[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value] \
-                if isinstance(value, (tuple, list)) else value
-    return flat
+    return dict(walk(json.loads(json.dumps(raw, default=str)), ""))
 
 
 def config_changes(saved, config) -> tuple[dict, dict]:

@@ -23,9 +23,11 @@ PARAMS_DIR = "params"
 MARKER = "sedd_jax_format"
 
 
-def is_converted(path: str) -> bool:
-    """Whether `path/config.json` carries the sedd-jax marker (else it is an official-format config)."""
-    raw = official.read_json(os.path.join(path, official.CONFIG_FILE))
+def is_converted(path: str, raw=None) -> bool:
+    """Whether `path/config.json` carries the sedd-jax marker (else it is an official-format config). `raw`:
+    that file already parsed (`official.read_json`), when the caller has read it."""
+    if raw is None:
+        raw = official.read_json(os.path.join(path, official.CONFIG_FILE))
     return isinstance(raw, dict) and MARKER in raw
 
 
@@ -57,14 +59,16 @@ def save(output: str, config, params) -> None:
         raise
 
 
-def read(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+def read(path: str, raw=None) -> tuple[ml_collections.ConfigDict, dict]:
     """(config, float32 params) of a converted directory; ValueError when the stored shapes do not match the
-    model that config.json describes."""
+    model that config.json describes. `raw`: config.json already parsed, when the caller has read it."""
     import orbax.checkpoint as ocp
 
     config_path = os.path.join(path, official.CONFIG_FILE)
-    raw = official.read_json(config_path)
-    raw.pop(MARKER, None)
+    if raw is None:
+        raw = official.read_json(config_path)
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k != MARKER}
     config = official.config_from_dict(raw, config_path)
     target = models.abstract_params(models.get_model(config))
     params_path = os.path.abspath(os.path.join(path, PARAMS_DIR))

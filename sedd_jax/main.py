@@ -32,13 +32,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO; progress is printed
-    from sedd_jax import parallel, train
+    from sedd_jax import files, parallel, train
 
     try:
         parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                       FLAGS.distributed, FLAGS.heartbeat_timeout)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, MemoryError, train.TrainingDivergedError) as e:
+    except (ValueError, FileNotFoundError, MemoryError, files.DiskFullError, train.TrainingDivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -143,10 +143,11 @@ def config_from_dict(raw, source: str = CONFIG_FILE) -> ml_collections.ConfigDic
     return config
 
 
-def read_config(path: str) -> ml_collections.ConfigDict:
-    """config.json of a checkpoint directory, read with a size bound and checked (`config_from_dict`)."""
+def read_config(path: str, raw=None) -> ml_collections.ConfigDict:
+    """config.json of a checkpoint directory, read with a size bound and checked (`config_from_dict`). `raw`:
+    that file already parsed (`read_json`), when the caller has read it; it is checked all the same."""
     config_path = os.path.join(path, CONFIG_FILE)
-    return config_from_dict(read_json(config_path), config_path)
+    return config_from_dict(read_json(config_path) if raw is None else raw, config_path)
 
 
 def read_json(path: str, max_bytes: int = MAX_CONFIG_BYTES):
@@ -296,9 +297,10 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], config) -> dict:
     return params
 
 
-def read_official(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, params) from `config.json` + `model.safetensors` or `pytorch_model.bin`."""
-    config = read_config(path)
+def read_official(path: str, raw=None) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, params) from `config.json` + `model.safetensors` or `pytorch_model.bin`. `raw`: config.json
+    already parsed, when the caller has read it."""
+    config = read_config(path, raw)
     safetensors_path = os.path.join(path, SAFETENSORS_WEIGHTS)
     torch_path = os.path.join(path, TORCH_WEIGHTS)
     if os.path.exists(safetensors_path):

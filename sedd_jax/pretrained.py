@@ -106,7 +106,8 @@ def load(path: str, compute_dtype: str = "float32") -> Pretrained:
         is_workdir = True
     elif os.path.exists(os.path.join(path, official.CONFIG_FILE)):
         from sedd_jax import converted
-        config, params = converted.read(path) if converted.is_converted(path) else official.read_official(path)
+        raw = official.read_json(os.path.join(path, official.CONFIG_FILE))  # read once, for both questions
+        config, params = (converted.read if converted.is_converted(path, raw) else official.read_official)(path, raw)
     else:
         raise FileNotFoundError(
             f"{path} is not a SEDD checkpoint: expected {official.CONFIG_FILE} with {official.TORCH_WEIGHTS} or "

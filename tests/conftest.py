@@ -19,3 +19,16 @@ TINY_CHECKPOINT = FIXTURES / "sedd_tiny_absorb_hf"
 def parity():
     """The reference outputs of ../shared/fixtures/sedd_parity_absorb.npz (see its README)."""
     return dict(np.load(FIXTURES / "sedd_parity_absorb.npz"))
+
+
+# The fast loop: `python -m pytest -m "not slow"` skips the modules below (whole trainer runs, TPU and multi-process
+# compiles, subprocess CLIs), about a minute on 2 cores; `python -m pytest` (CI, README) runs everything.
+SLOW_MODULES = {"test_train.py", "test_multiprocess_train.py", "test_compile.py", "test_notebook.py",
+                "test_data_multiprocess.py", "test_sample_cli.py", "test_pretrained.py", "test_model_execution.py",
+                "test_launch.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from sedd_jax import data
 
@@ -19,7 +18,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_jax_processes_read_disjoint_covering_shards(tmp_path):
     glob = write_corpus(tmp_path / "corpus", num_files=40)
     workdir = str(tmp_path / "work")

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.train_testing import REPO, main_command, read_metrics, train_losses
 
 MESH = dict(mesh__data=2, mesh__fsdp=4)
@@ -39,7 +37,6 @@ def _run_one(tmp_path, workdir, devices, **overrides) -> subprocess.CompletedPro
     return subprocess.run(cmd, env=_env(devices), cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
 def test_two_processes_train_like_one_and_share_one_checkpoint(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = _run_one(tmp_path, one, 8, training__n_iters=6, **MESH)
@@ -67,7 +64,6 @@ def test_two_processes_train_like_one_and_share_one_checkpoint(tmp_path):
         assert abs(la[step] - lc[step]) < 1e-4 * abs(la[step]), (step, la[step], lc[step])
 
 
-@pytest.mark.slow
 def test_a_killed_process_stops_the_other_with_an_error(tmp_path):
     workdir = tmp_path / "run"
     procs = _start_two(tmp_path, workdir, "--heartbeat_timeout=10", training__n_iters=100000,

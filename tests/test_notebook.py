@@ -3,12 +3,9 @@
 import json
 import os
 
-import pytest
-
 from tests.train_testing import REPO
 
 
-@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch, capsys):
     with open(os.path.join(REPO, "notebooks", "quickstart.ipynb")) as f:
         notebook = json.load(f)

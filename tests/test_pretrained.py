@@ -89,6 +89,34 @@ def test_failed_conversion_leaves_nothing(tmp_path):
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == ["src"]
 
 
+def _workdir(path, config, params):
+    """A minimal training workdir as pretrained.load reads it: config.json and an orbax EMA checkpoint."""
+    import orbax.checkpoint as ocp
+
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    with ocp.CheckpointManager(os.path.join(path, "checkpoints"), item_names=("ema",)) as manager:
+        manager.save(3, args=ocp.args.Composite(ema=ocp.args.StandardSave(params)))
+    return str(path)
+
+
+def test_each_format_reads_its_config_json_once(parity, tmp_path, monkeypatch):
+    config, params = official.read_official(str(TINY_CHECKPOINT))
+    converted.save(str(tmp_path / "converted"), config, params)
+    paths = {"official": str(TINY_CHECKPOINT), "converted": str(tmp_path / "converted"),
+             "workdir": _workdir(tmp_path / "workdir", _official_config(), params)}
+    reads, read_json = [], official.read_json
+    monkeypatch.setattr(official, "read_json", lambda path, *a, **k: reads.append(str(path)) or read_json(path, *a, **k))
+    for kind, path in paths.items():
+        reads.clear()
+        model = pretrained.load(path)
+        assert reads == [os.path.join(path, "config.json")], kind
+        assert model.is_workdir == (kind == "workdir") and model.config.model.hidden_size == 64
+        assert converted.MARKER not in model.config
+        np.testing.assert_allclose(model.log_score(parity["x"], parity["sigma"]), parity["log_score"], atol=2e-5)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 def test_directory_without_weights(tmp_path):

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from sedd_jax import checkpoints, configs, parallel, pretrained, train
+from sedd_jax import checkpoints, configs, parallel, pretrained, progress, train
+from tests.tmpfs_testing import resize, tmpfs
 from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
 
 
@@ -167,24 +168,83 @@ def test_diverging_run_stops_and_keeps_finite_weights(tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.params))
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def _corrupt(checkpoint, item: str) -> None:
+    """Overwrites 4 KiB in the middle of the largest data file of `checkpoint/item` with 0xFF bytes."""
+    data = max((p for p in (checkpoint / item).rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+    with open(data, "r+b") as f:
+        f.seek(data.stat().st_size // 2 // 4 * 4)
+        f.write(b"\xff" * 4096)
+
+
+def _change_fingerprint(checkpoint) -> None:
+    """Doubles one array's recorded sums: as if that array had changed on disk since the save."""
+    path = checkpoint / "fingerprint" / "metadata"
+    record = json.loads(path.read_text())
+    record["arrays"][2] = [2 * v for v in record["arrays"][2]]
+    path.write_text(json.dumps(record))
+
+
+def test_damaged_newest_checkpoints_fall_back_to_a_usable_one(tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(config(tmp_path, training__n_iters=10), str(workdir))
+    train.train_and_evaluate(config(tmp_path, training__n_iters=20, training__keep_checkpoints=4), str(workdir))
     straight = train_losses(workdir)
-    newest = workdir / "checkpoints" / "10"
-    shutil.rmtree(newest / "ema")                                   # a deleted part of the newest checkpoint
-    done = _run(main_command(tmp_path, workdir, training__n_iters=12))
+    _corrupt(workdir / "checkpoints" / "20", "state")                  # flipped bytes in the newest
+    _change_fingerprint(workdir / "checkpoints" / "15")                # an array changed on disk
+    shutil.rmtree(workdir / "checkpoints" / "10" / "ema")             # a deleted part
+    done = _run(main_command(tmp_path, workdir, training__n_iters=12, training__keep_checkpoints=4))
     assert done.returncode == 0, done.stderr
-    assert "checkpoint 10 is not usable" in done.stdout and f"resumed {workdir} from step 5" in done.stdout
-    assert (workdir / checkpoints.UNUSABLE_DIR / "10" / "state").is_dir()   # set aside, not deleted
+    assert "checkpoint 20 is not usable (" in done.stdout, done.stdout
+    assert "checkpoint 15 is not usable (1 of " in done.stdout and "differ from the fingerprint" in done.stdout
+    assert "checkpoint 10 is not usable (FileNotFoundError: " in done.stdout, done.stdout
+    assert f"resumed {workdir} from step 5" in done.stdout
+    for step in (10, 15, 20):                                          # set aside, not deleted
+        assert (workdir / checkpoints.UNUSABLE_DIR / str(step) / "state").is_dir()
     resumed = train_losses(workdir)
-    for step in range(6, 11):                                       # the same run again from step 5
+    assert sorted(resumed) == list(range(1, 13))                       # each step once: 13-20 dropped, 6-12 anew
+    for step in range(6, 13):                                          # the same run again from step 5
         assert abs(resumed[step] - straight[step]) <= 1e-6 * abs(straight[step]), step
-    assert max(resumed) == 12
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    workdir = tmp_path / "disk" / "run"
+    with tmpfs(tmp_path / "disk", "64m"):
+        train.train_and_evaluate(config(tmp_path, training__n_iters=5), str(workdir))
+        used = shutil.disk_usage(workdir).used
+        checkpoint = sum(p.stat().st_size for p in (workdir / "checkpoints" / "5").rglob("*") if p.is_file())
+        resize(tmp_path / "disk", f"{(used + checkpoint // 2) // 1024}k")     # room for half a checkpoint more
+        before = _snapshot(workdir / "checkpoints")
+        done = _run(main_command(tmp_path, workdir, training__n_iters=10))
+        assert done.returncode == 1
+        error = done.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"error: no space left on device writing {workdir}/checkpoints ("), error
+        assert error.endswith("the newest complete checkpoint is step 5; free space there (or lower "
+                              "--config.training.keep_checkpoints) and rerun to resume from it"), error
+        assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr
+        assert _snapshot(workdir / "checkpoints") == before                    # step 5 intact, nothing partial
+        assert not [p for p in workdir.rglob("*") if ".tmp" in p.name or "orbax-checkpoint-tmp" in p.name]
+        model = pretrained.load(str(workdir))
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.params))
+
+
+def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable] + main_command(tmp_path, workdir)[1:], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    deadline = time.time() + 120
+    while not (workdir / checkpoints.LOCK_FILE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)                                   # during data preparation or compiling
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM before the first step; nothing to save" in out
+    assert not (workdir / checkpoints.LOCK_FILE).exists()
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert not (workdir / "checkpoints").exists() or not list((workdir / "checkpoints").iterdir())
 
 
 def test_metrics_are_strict_json(tmp_path):
-    log = train._MetricsLog(str(tmp_path))
+    log = progress.MetricsLog(str(tmp_path))
     log.write(3, {"eval_loss": float("nan"), "eval_ppl_bound": float("inf"), "train_loss": 1.5})
     log.close()
     line = (tmp_path / "metrics.jsonl").read_text().strip()

@@ -30,8 +30,12 @@ Config fields read (ml_collections.ConfigDict):
                             saying what to pre-download)
   data.seed            int  optional document-order seed (default training.seed)
 
+Caches and downloads are written atomically (no partial or temporary files after an error, Ctrl-C or
+SIGTERM); a full disk raises DiskFullError (an OSError) with a one-line message naming the path.
+
 Importing this package imports neither TensorFlow nor TFDS nor grain; they are imported when used.
 """
+from sedd_jax.files import DiskFullError
 from sedd_jax.data.datasets import (DataBundle, create_datasets, get_tokenizer, load_blocks,
                                     load_corpus)
 from sedd_jax.data.detokenizers import (lambada_detokenizer, lm1b_detokenizer, ptb_detokenizer,
@@ -42,8 +46,8 @@ from sedd_jax.data.sources import DATASETS, DatasetUnavailableError, load_docume
 from sedd_jax.data.tokenizers import Tokenizer
 
 __all__ = [
-    "DATASETS", "DataBundle", "DatasetUnavailableError", "TokenizedCorpus", "Tokenizer",
-    "create_datasets", "get_tokenizer", "lambada_detokenizer", "lm1b_detokenizer",
+    "DATASETS", "DataBundle", "DatasetUnavailableError", "DiskFullError", "TokenizedCorpus",
+    "Tokenizer", "create_datasets", "get_tokenizer", "lambada_detokenizer", "lm1b_detokenizer",
     "load_blocks", "load_corpus", "load_documents", "make_dataset", "make_iterator", "pack",
     "ptb_detokenizer", "tokenize_documents", "wt_detokenizer",
 ]

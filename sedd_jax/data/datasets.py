@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any, Optional
 
+from sedd_jax import files
 from sedd_jax.data import packing, pipeline, sources, tokenizers
 
 
@@ -76,6 +77,13 @@ def tokenized_prefix(config, workdir: Optional[str], name: str, split: str,
     return os.path.join(_cache_dir(config), "sedd_jax_tokenized", f"{name}.{split}.{tok.name}-{fp}")
 
 
+def cache_space_hint(tok: tokenizers.Tokenizer) -> str:
+    """What to do when the tokenized cache of `tokenized_prefix` does not fit on its disk."""
+    if isinstance(tok, tokenizers.SentencePieceTokenizer):
+        return files.WORKDIR_SPACE_HINT
+    return files.DEFAULT_SPACE_HINT
+
+
 def load_corpus(config, workdir: Optional[str], name: str, split: str,
                 tok: tokenizers.Tokenizer) -> packing.TokenizedCorpus:
     """The tokenized (dataset, split): from its cache, else tokenized now and cached."""
@@ -94,7 +102,8 @@ def load_corpus(config, workdir: Optional[str], name: str, split: str,
             f"--split={split}\nthen make {os.path.dirname(prefix)} available on every host.")
     start = time.time()
     corpus = packing.write_tokenized(sources.load_documents(name, split, config), tok, prefix,
-                                     meta=dict(dataset=name, split=split, tokenizer=tok.name))
+                                     meta=dict(dataset=name, split=split, tokenizer=tok.name),
+                                     space_hint=cache_space_hint(tok))
     logging.info("tokenized %s/%s: %d documents, %d tokens in %.1fs -> %s", name, split,
                  corpus.num_documents, corpus.num_tokens, time.time() - start, prefix)
     return corpus

@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from sedd_jax.data import _util
+from sedd_jax import files
 
 CACHE_FORMAT = 1
 
@@ -83,14 +83,19 @@ def tokenize_documents(docs: Iterable[str], tokenizer, chunk_size: int = 1024) -
 
 
 def write_tokenized(docs: Iterable[str], tokenizer, prefix: str, chunk_size: int = 1024,
-                    meta: Optional[dict] = None, log_every: int = 0) -> TokenizedCorpus:
-    """Tokenizes documents (+EOS each) streaming into `prefix.*`; returns the memory-mapped corpus."""
+                    meta: Optional[dict] = None, log_every: int = 0,
+                    space_hint: Optional[str] = None) -> TokenizedCorpus:
+    """Tokenizes documents (+EOS each) streaming into `prefix.*`; returns the memory-mapped corpus.
+
+    Atomic (`files.atomic_write`): an error or interrupt leaves no partial or temporary files, and a full
+    disk raises `files.DiskFullError` (one line; `space_hint` says what to do, default: free space or
+    move --config.data.cache_dir).
+    """
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    tmp = _util.tmp_suffix()
     n_tokens, n_docs = 0, 0
-    with open(prefix + ".tokens.bin" + tmp, "wb") as ft, \
-            open(prefix + ".offsets.bin" + tmp, "wb") as fo:
+    with files.atomic_write(prefix + ".tokens.bin", prefix + ".offsets.bin",
+                            hint=space_hint) as (ft, fo):
         fo.write(np.zeros(1, np.int64).tobytes())
         for chunk in _chunks(docs, chunk_size):
             encoded = _encode_chunk(tokenizer, chunk)
@@ -107,13 +112,10 @@ def write_tokenized(docs: Iterable[str], tokenizer, prefix: str, chunk_size: int
             n_docs += len(encoded)
             if log_every and n_docs // log_every != (n_docs - len(encoded)) // log_every:
                 print(f"  {prefix}: {n_docs} documents, {n_tokens} tokens", flush=True)
-    os.replace(prefix + ".tokens.bin" + tmp, prefix + ".tokens.bin")
-    os.replace(prefix + ".offsets.bin" + tmp, prefix + ".offsets.bin")
     info = dict(meta or {}, format=CACHE_FORMAT, dtype=np.dtype(dtype).name, num_tokens=n_tokens,
                 num_documents=n_docs, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
-    with open(prefix + ".json" + tmp, "w") as f:
+    with files.atomic_write(prefix + ".json", mode="w", hint=space_hint) as f:  # last: marks complete
         json.dump(info, f, indent=1)
-    os.replace(prefix + ".json" + tmp, prefix + ".json")
     return load_tokenized(prefix)
 
 

@@ -47,7 +47,8 @@ def prepare(config, workdir, dataset=None, split=None) -> list:
             print(f"preparing {name}/{part} -> {prefix}", flush=True)
             corpus = packing.write_tokenized(sources.load_documents(name, part, config), tok, prefix,
                                              meta=dict(dataset=name, split=part, tokenizer=tok.name),
-                                             log_every=100_000)
+                                             log_every=100_000,
+                                             space_hint=datasets.cache_space_hint(tok))
             print(f"  done in {time.time() - start:.0f}s", flush=True)
         print(f"{name}/{part}: {corpus.num_documents} documents, {corpus.num_tokens} tokens "
               f"({corpus.tokens.nbytes / 1e9:.2f} GB) at {prefix}", flush=True)

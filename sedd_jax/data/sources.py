@@ -41,7 +41,8 @@ import sysconfig
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from sedd_jax.data import _util, detokenizers
+from sedd_jax import files
+from sedd_jax.data import detokenizers
 
 SPLITS = ("train", "validation", "test")
 EVAL_PERCENT = 2
@@ -233,6 +234,8 @@ def _local_file(name: str, config) -> str:
             f"Pre-download it:\n{how}\nor point --config.data.files at the file.")
     try:
         _download(url, path)
+    except files.DiskFullError:
+        raise
     except Exception as e:  # no network
         raise DatasetUnavailableError(
             f"could not download {name} from {url} ({type(e).__name__}: {e}). Pre-download it on a "
@@ -251,10 +254,8 @@ def _download(url: str, path: str) -> None:
     if url.endswith(".zip"):
         with zipfile.ZipFile(io.BytesIO(payload)) as z:
             payload = z.read(os.path.basename(path))
-    tmp = path + _util.tmp_suffix()
-    with open(tmp, "wb") as f:
+    with files.atomic_write(path) as f:
         f.write(payload)
-    os.replace(tmp, path)
 
 
 def text8_split_bounds(n_chars: int) -> dict:

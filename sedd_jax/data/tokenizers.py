@@ -27,7 +27,7 @@ import io
 import os
 from typing import Callable, Iterable, List, Optional, Sequence
 
-from sedd_jax.data import _util
+from sedd_jax import files
 
 TOKENIZER_KINDS = ("gpt2", "sentencepiece", "char")
 GPT2_EOS_ID = 50256
@@ -164,10 +164,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str,
             "characters, and a corpus large enough for the merges: adjust --config.data.sp_vocab_size "
             "or use a larger corpus") from e
     os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
-    tmp = model_path + _util.tmp_suffix()
-    with open(tmp, "wb") as f:
+    with files.atomic_write(model_path, hint=files.WORKDIR_SPACE_HINT) as f:
         f.write(proto.getvalue())
-    os.replace(tmp, model_path)
     return SentencePieceTokenizer(model_path)
 
 

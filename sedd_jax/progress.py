@@ -1,0 +1,145 @@
+"""What a training run reports: the console, metrics.jsonl, TensorBoard (clu), sample texts, memory estimates.
+
+Everything here writes on process 0 only, so every process of a multi-host run can call it.
+metrics.jsonl holds one strict-JSON object per logged step: step, train_loss (nats per token), grad_norm,
+learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, and at eval steps eval_loss and
+eval_ppl_bound; non-finite values are null and named in "nonfinite".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import jax
+import numpy as np
+from clu import periodic_actions
+from etils import epath
+
+
+def log(message: str) -> None:
+    """Prints on process 0."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def memory_summary(compiled) -> dict | None:
+    """Per-device bytes of a compiled program: {"arguments", "outputs", "temporaries", "total"}, where total
+    counts donated arguments once (they are updated in place). None where the backend does not say."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return dict(arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
+                temporaries=analysis.temp_size_in_bytes,
+                total=(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes))
+
+
+def report_memory(compiled, what: str) -> None:
+    """Logs a compiled program's memory per device; a MemoryError when it exceeds the device's memory."""
+    memory = memory_summary(compiled)
+    if memory is None:
+        return
+    log(f"[{what}] per-device memory: arguments {format_bytes(memory['arguments'])}, "
+        f"outputs {format_bytes(memory['outputs'])}, temporaries "
+        f"{format_bytes(memory['temporaries'])}, total ~{format_bytes(memory['total'])}")
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    if limit and memory["total"] > limit:
+        raise MemoryError(
+            f"the {what} needs ~{format_bytes(memory['total'])} per device but {format_bytes(limit)} is available; "
+            "shard more (--config.mesh.fsdp), accumulate (--config.training.accum) or shrink the batch; "
+            "python -m sedd_jax.compile checks a config without running it")
+
+
+class MetricsLog:
+    """metrics.jsonl (appended) and TensorBoard events in `workdir`, on process 0.
+
+    `resumed_at`: the step a run resumes from. Lines of later steps (logged before a preemption and about to be
+    recomputed) are dropped once, so every step appears once. Cloud workdirs (gs://) cannot append to an
+    object: there the file is rewritten at each log (one line per logged step keeps it small)."""
+
+    def __init__(self, workdir: str, resumed_at: int = 0):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from clu import metric_writers
+
+        self._path = epath.Path(workdir) / "metrics.jsonl"
+        self._append = "://" not in str(workdir)
+        kept = [line for line in (self._path.read_text().splitlines() if self._path.exists() else [])
+                if json.loads(line)["step"] <= resumed_at]
+        self._lines = [] if self._append else kept
+        if self._path.exists():
+            self._path.write_text("".join(line + "\n" for line in kept))
+        self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+
+    def write(self, step: int, scalars: dict) -> None:
+        """One strict-JSON line: non-finite values are written as null and named in "nonfinite"."""
+        if not self.enabled:
+            return
+        nonfinite = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+        record = {"step": step, **{k: None if k in nonfinite else v for k, v in scalars.items()}}
+        line = json.dumps(dict(record, nonfinite=nonfinite) if nonfinite else record, allow_nan=False)
+        if self._append:
+            with self._path.open("a") as f:
+                f.write(line + "\n")
+        else:
+            self._lines.append(line)
+            self._path.write_text("\n".join(self._lines) + "\n")
+        self.writer.write_scalars(step, {k: v for k, v in scalars.items() if k not in nonfinite})
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+            self.writer.close()
+
+
+class TrainProgress(periodic_actions.PeriodicAction):
+    """clu periodic action for the train metrics: call it after every step with that step's metrics (device
+    arrays, not fetched); every `every_steps` steps and at `num_steps` it fetches the window at once, prints
+    the progress line (loss, speed, ETA, skipped updates) and keeps the window's scalars in `scalars`
+    (means; counters as of the last step), which it returns; {} between log steps."""
+
+    COUNTERS = ("skipped_updates", "consecutive_skipped")
+
+    def __init__(self, *, every_steps: int, num_steps: int, tokens_per_step: int, start_step: int):
+        super().__init__(every_steps=every_steps, on_steps=[num_steps])
+        self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+        self._pending: list[dict] = []
+        self._init_and_check(start_step, time.monotonic())    # the first window starts at the resumed step
+        self.scalars: dict = {}
+
+    def __call__(self, step: int, metrics: dict) -> dict:
+        self._pending.append(metrics)
+        self.scalars = {}
+        super().__call__(step)
+        return self.scalars
+
+    def _apply(self, step: int, t: float) -> None:
+        fetched, self._pending = jax.device_get(self._pending), []
+        skipped = sum(int(m.pop("update_skipped")) for m in fetched)
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k not in self.COUNTERS}
+        scalars.update({k: int(fetched[-1][k]) for k in self.COUNTERS})
+        steps_per_sec = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
+        scalars.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * self.tokens_per_step)
+        eta = (self.num_steps - step) / max(steps_per_sec, 1e-9)
+        log(f"step {step}/{self.num_steps} | train_loss {scalars['train_loss']:.4f} nats/token | "
+            f"{steps_per_sec:.2f} steps/s | {scalars['tokens_per_sec']:,.0f} tokens/s | "
+            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+            + (f" | skipped {skipped} of {len(fetched)} updates (non-finite or too large)" if skipped else ""))
+        self.scalars = scalars
+
+
+def write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer) -> None:
+    """workdir/samples/iter_<step>.txt: the decoded rows of int32[N, L] `tokens`."""
+    if jax.process_index() != 0:
+        return
+    directory = epath.Path(workdir) / "samples"
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"=== sample {i} ===\n{tokenizer.decode([int(t) for t in row])}\n" for i, row in enumerate(tokens))
+    (directory / f"iter_{step}.txt").write_text(text)

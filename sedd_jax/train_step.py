@@ -1,0 +1,104 @@
+"""The train and eval steps of a config, pure and closed over with it, and their ahead-of-time compilation
+with explicit shardings over the (data, fsdp, tensor) mesh (the train state donated, updated in place).
+sedd_jax.train runs them; sedd_jax.compile and bench/train_step.py compile the same programs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sedd_jax import graphs, losses, models, noise as noise_lib, parallel
+from sedd_jax.train_state import TrainState, create_optimizer, ema_decay, learning_rate_schedule
+
+
+def training_components(config):
+    """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from."""
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    noise = noise_lib.from_config(config)
+    model = models.get_model(config, config.model.compute_dtype)
+    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    return graph, noise, model, create_optimizer(config), loss_fn
+
+
+def make_train_step(config, model, loss_fn, optimizer, mesh):
+    """train_step(state, batch int32[B, L], key) -> (state, metrics) for one optimizer update (applied, or
+    skipped by the optimizer when unsafe: see train_state.skip_unsafe_updates)."""
+    accum, length = int(config.training.accum), int(config.model.length)
+    micro_sharding = NamedSharding(mesh, PartitionSpec(None, parallel.BATCH_AXES))
+
+    def micro_loss(params, x0, key):
+        loss_key, dropout_key = jax.random.split(key)
+        log_score_fn = lambda x, sigma: model.apply({"params": params}, x, sigma, train=True,
+                                                    rngs={"dropout": dropout_key})
+        return loss_fn(log_score_fn, loss_key, x0).mean()
+
+    grad_fn = jax.value_and_grad(micro_loss)
+
+    def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
+        key = jax.random.fold_in(key, state.step)
+        # Micro-batch a takes rows a, a + accum, ...: every device keeps an equal share of every micro-batch.
+        micro = batch.reshape(batch.shape[0] // accum, accum, batch.shape[1]).swapaxes(0, 1)
+        micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+        def accumulate(carry, inputs):
+            loss_sum, grad_sum = carry
+            x0, index = inputs
+            loss, grads = grad_fn(state.params, x0, jax.random.fold_in(key, index))
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                        (micro, jnp.arange(accum)))
+        loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, loss=loss)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(config, state.step + 1)
+        ema = jax.tree.map(lambda e, p: e - (1 - decay) * (e - p), state.ema, params)
+        metrics = dict(train_loss=loss / length, grad_norm=optax.tree.norm(grads),
+                       learning_rate=learning_rate_schedule(config)(state.step),
+                       update_skipped=opt_state.total - state.opt_state.total,
+                       skipped_updates=opt_state.total, consecutive_skipped=opt_state.consecutive)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+    return train_step
+
+
+def make_eval_step(config, model, loss_fn):
+    """eval_step(ema_params, batch int32[B, L], key) -> mean DWDSE nats per token (eval mode)."""
+    length = int(config.model.length)
+
+    def eval_step(params, batch, key):
+        log_score_fn = lambda x, sigma: model.apply({"params": params}, x, sigma, train=False)
+        return loss_fn(log_score_fn, key, batch).mean() / length
+
+    return eval_step
+
+
+def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings):
+    """`make_train_step` jitted with explicit shardings, the state donated (updated in place), and compiled
+    ahead of time for a `[training.batch_size, model.length]` int32 batch. Returns the compiled step."""
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    batch_shape = jax.ShapeDtypeStruct((config.training.batch_size, int(config.model.length)), jnp.int32,
+                                       sharding=batch_sharding)
+    key = jax.random.key(0)
+    key_shape = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+    train_step = jax.jit(make_train_step(config, model, loss_fn, optimizer, mesh),
+                         in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return train_step.lower(abstract_state, batch_shape, key_shape).compile()
+
+
+def compile_eval_step(config, model, loss_fn, mesh, abstract_state: TrainState):
+    """`make_eval_step` jitted and compiled ahead of time for the EMA of `abstract_state` (its shardings) and a
+    `[eval.batch_size, model.length]` int32 batch."""
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    key = jax.random.key(0)
+    eval_step = jax.jit(make_eval_step(config, model, loss_fn),
+                        in_shardings=(jax.tree.map(lambda a: a.sharding, abstract_state.ema), batch_sharding,
+                                      replicated), out_shardings=replicated)
+    return eval_step.lower(
+        abstract_state.ema,
+        jax.ShapeDtypeStruct((config.eval.batch_size, int(config.model.length)), jnp.int32, sharding=batch_sharding),
+        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)).compile()
