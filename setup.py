@@ -40,6 +40,7 @@ setup(
             "sedd-sample=sedd_jax.sample:run",
             "sedd-convert=sedd_jax.convert:run",
             "sedd-compile=sedd_jax.compile:run",
+            "sedd-evaluate=sedd_jax.evaluate:run",
         ]
     },
 )

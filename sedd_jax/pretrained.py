@@ -66,6 +66,50 @@ class Pretrained:
         return tokenizers.build_tokenizer(kind, workdir=self.path if self.is_workdir else None, cache_dir=cache_dir,
                                           sp_vocab_size=data.get("sp_vocab_size", None))
 
+    def draw_losses_fn(self, mc_samples: int, t_grid: str = "iid", sampling_eps: float = 1e-3):
+        """The jitted `likelihood.make_draw_losses_fn` of this model (eval mode) over all local devices,
+        `f(params, x0 int32[B, L], ids int32[B], key) -> float32[B, K]`; cached per settings, so repeated
+        evaluations reuse the compiled function."""
+        from sedd_jax import likelihood
+
+        cache = self.__dict__.setdefault("_draw_losses_fns", {})
+        key = (int(mc_samples), t_grid, float(sampling_eps), jax.local_device_count())
+        if key not in cache:
+            log_score = lambda params, x, sigma: self.model.apply({"params": params}, x, sigma, train=False)
+            cache[key] = likelihood.make_draw_losses_fn(log_score, self.graph, self.noise, int(mc_samples),
+                                                        t_grid=t_grid, sampling_eps=sampling_eps,
+                                                        mesh=likelihood.local_mesh())
+        return cache[key]
+
+    def log_likelihood_bound(self, texts_or_ids, mc_samples: int = 1000, seed: int = 0, *, t_grid: str = "iid",
+                             sampling_eps: float = 1e-3, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sequence upper bounds on -log p(x) in nats, float64 `[N]`, and their Monte-Carlo standard errors
+        `[N]` (`sedd_jax.likelihood`; the prior term, `likelihood.prior_kl_per_token` * length, is not added).
+
+        texts_or_ids: a string, a list of strings (tokenized with `self.tokenizer`, no EOS added), or token ids
+        (int `[N, L]` or a list of id lists). Sequences may have different lengths (one compile per length,
+        at most the model's length). Sequence i uses fold_in(key(seed), i): results do not depend on batch_size
+        or the device count.
+        """
+        from sedd_jax import likelihood
+
+        if isinstance(texts_or_ids, str):
+            texts_or_ids = [texts_or_ids]
+        rows = [self.tokenizer.encode(x) if isinstance(x, str) else np.asarray(x).reshape(-1).tolist()
+                for x in texts_or_ids]
+        model_length = int(self.config.model.length)
+        for i, row in enumerate(rows):
+            if not 1 <= len(row) <= model_length:
+                raise ValueError(f"sequence {i} has {len(row)} tokens; scoring needs 1 to {model_length} "
+                                 "(the model's length)")
+            if min(row) < 0 or max(row) >= self.graph.tokens:
+                raise ValueError(f"sequence {i} has token ids outside [0, {self.graph.tokens})")
+        likelihood.check_settings(mc_samples, t_grid, sampling_eps)
+        draw_fn = self.draw_losses_fn(mc_samples, t_grid, sampling_eps)
+        return likelihood.sequence_bounds(None, self.params, self.graph, self.noise, rows, mc_samples=mc_samples,
+                                          seed=seed, t_grid=t_grid, sampling_eps=sampling_eps,
+                                          batch_size=batch_size, draw_fn=draw_fn)
+
     def sample(self, key, batch_size: int, steps: int, predictor: str = "analytic", prefix: str | None = None,
                suffix: str | None = None, *, length: int | None = None, method: str = "unbiased",
                progress_every: int = 0) -> tuple[np.ndarray, list[str]]:

@@ -29,6 +29,21 @@ def _run(cmd, devices=1, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(devices), cwd=REPO)
 
 
+@pytest.fixture(scope="module")
+def run20(tmp_path_factory):
+    """(base, workdir): a 20-step run of config(base, keep_checkpoints=4), checkpoints at 5, 10, 15, 20, trained once
+    for the tests that resume, damage or refuse it; they work on copies (`_copy_run`) with config(base, ...)."""
+    base = tmp_path_factory.mktemp("run20")
+    train.train_and_evaluate(config(base, training__n_iters=20, training__keep_checkpoints=4), str(base / "run"))
+    return base, base / "run"
+
+
+def _copy_run(run20, tmp_path):
+    base, workdir = run20
+    shutil.copytree(workdir, tmp_path / "run")
+    return base, tmp_path / "run"
+
+
 def test_learns_and_writes_workdir(tmp_path):
     workdir = str(tmp_path / "run")
     last = train.train_and_evaluate(config(tmp_path, training__n_iters=100, optim__lr=3e-3, training__eval_freq=25), workdir)
@@ -64,12 +79,12 @@ def test_bfloat16_training_runs_and_learns(tmp_path):
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}  # bf16 compute, f32 weights
 
 
-def test_exact_resume(tmp_path):
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.train_and_evaluate(config(tmp_path, training__n_iters=20), straight)
-    train.train_and_evaluate(config(tmp_path, training__n_iters=10), resumed)
+def test_exact_resume(run20, tmp_path):
+    base, straight = run20
+    resumed = str(tmp_path / "resumed")
+    train.train_and_evaluate(config(base, training__n_iters=10), resumed)
     assert max(train_losses(resumed)) == 10
-    train.train_and_evaluate(config(tmp_path, training__n_iters=20), resumed)
+    train.train_and_evaluate(config(base, training__n_iters=20), resumed)
     a, b = train_losses(straight), train_losses(resumed)
     for step in range(11, 21):
         assert abs(a[step] - b[step]) <= 1e-6 * abs(a[step]), (step, a[step], b[step])
@@ -154,15 +169,14 @@ def test_check_sharded_fails_on_replicated_parameters():
 
 # ------------------------------------------------------------------------------- runs that go wrong
 
-def test_diverging_run_stops_and_keeps_finite_weights(tmp_path):
-    workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config(tmp_path, training__n_iters=10), workdir)
+def test_diverging_run_stops_and_keeps_finite_weights(run20, tmp_path):
+    base, workdir = _copy_run(run20, tmp_path)
     with pytest.raises(train.TrainingDivergedError, match="the last 5 updates were skipped .* the last applied "
-                                                          "update was step 10 and the newest checkpoint is step"):
-        train.train_and_evaluate(config(tmp_path, training__n_iters=60, optim__lr=1e6,
-                                        training__max_skipped_updates=5), workdir)
+                                                          "update was step 20 and the newest checkpoint is step"):
+        train.train_and_evaluate(config(base, training__n_iters=60, optim__lr=1e6,
+                                        training__max_skipped_updates=5), str(workdir))
     metrics = read_metrics(workdir)
-    assert [m["step"] for m in metrics if "train_loss" in m][-5:] == [11, 12, 13, 14, 15]
+    assert [m["step"] for m in metrics if "train_loss" in m][-5:] == [21, 22, 23, 24, 25]
     assert metrics[-1]["skipped_updates"] == 5
     model = pretrained.load(workdir)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(model.params))
@@ -185,14 +199,13 @@ def _change_fingerprint(checkpoint) -> None:
     path.write_text(json.dumps(record))
 
 
-def test_damaged_newest_checkpoints_fall_back_to_a_usable_one(tmp_path):
-    workdir = tmp_path / "run"
-    train.train_and_evaluate(config(tmp_path, training__n_iters=20, training__keep_checkpoints=4), str(workdir))
+def test_damaged_newest_checkpoints_fall_back_to_a_usable_one(run20, tmp_path):
+    base, workdir = _copy_run(run20, tmp_path)
     straight = train_losses(workdir)
     _corrupt(workdir / "checkpoints" / "20", "state")                  # flipped bytes in the newest
     _change_fingerprint(workdir / "checkpoints" / "15")                # an array changed on disk
     shutil.rmtree(workdir / "checkpoints" / "10" / "ema")             # a deleted part
-    done = _run(main_command(tmp_path, workdir, training__n_iters=12, training__keep_checkpoints=4))
+    done = _run(main_command(base, workdir, training__n_iters=12, training__keep_checkpoints=4))
     assert done.returncode == 0, done.stderr
     assert "checkpoint 20 is not usable (" in done.stdout, done.stdout
     assert "checkpoint 15 is not usable (1 of " in done.stdout and "differ from the fingerprint" in done.stdout
@@ -273,23 +286,22 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_resume_refuses_meaning_changes_and_records_others(tmp_path):
-    workdir = tmp_path / "run"
-    train.train_and_evaluate(config(tmp_path, training__n_iters=4), str(workdir))
+def test_resume_refuses_meaning_changes_and_records_others(run20, tmp_path):
+    base, workdir = _copy_run(run20, tmp_path)
     before = _snapshot(workdir)
     with pytest.raises(ValueError, match="cannot continue with this config \\(noise.type: workdir has 'loglinear', "
                                          "config has 'geometric'\\)"):
-        train.train_and_evaluate(config(tmp_path, noise__type="geometric", training__n_iters=6), str(workdir))
-    with pytest.raises(ValueError, match="32 sequences into the data stream .*not a whole number of batches of the new training.batch_size=12"):
-        train.train_and_evaluate(config(tmp_path, training__batch_size=12, training__n_iters=6), str(workdir))
+        train.train_and_evaluate(config(base, noise__type="geometric", training__n_iters=22), str(workdir))
+    with pytest.raises(ValueError, match="160 sequences into the data stream .*not a whole number of batches of the new training.batch_size=12"):
+        train.train_and_evaluate(config(base, training__batch_size=12, training__n_iters=22), str(workdir))
     assert _snapshot(workdir) == before
-    train.train_and_evaluate(config(tmp_path, optim__lr=5e-4, training__batch_size=16, training__n_iters=6),
+    train.train_and_evaluate(config(base, optim__lr=5e-4, training__batch_size=16, training__n_iters=22),
                              str(workdir))
     history = [json.loads(line) for line in (workdir / "config_history.jsonl").read_text().splitlines()]
     assert history[-1]["changes"]["optim.lr"] == {"from": 1e-3, "to": 5e-4}
     assert history[-1]["changes"]["training.batch_size"] == {"from": 8, "to": 16}
     assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 5e-4
-    assert max(train_losses(workdir)) == 6
+    assert max(train_losses(workdir)) == 22
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -299,12 +311,11 @@ def _snapshot(directory) -> dict:
             for root, _, files in os.walk(directory) for f in files}
 
 
-def test_workdir_with_another_model_shape(tmp_path):
-    workdir = str(tmp_path / "run")
-    train.train_and_evaluate(config(tmp_path, training__n_iters=2), workdir)
+def test_workdir_with_another_model_shape(run20, tmp_path):
+    base, workdir = _copy_run(run20, tmp_path)
     before = _snapshot(workdir)
     with pytest.raises(ValueError, match="cannot continue with this config \\(model.hidden_size: workdir has 32, config has 64\\)"):
-        train.train_and_evaluate(config(tmp_path, model__hidden_size=64), workdir)
+        train.train_and_evaluate(config(base, model__hidden_size=64), str(workdir))
     assert _snapshot(workdir) == before
 
 
