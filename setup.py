@@ -41,6 +41,7 @@ setup(
             "sedd-convert=sedd_jax.convert:run",
             "sedd-compile=sedd_jax.compile:run",
             "sedd-evaluate=sedd_jax.evaluate:run",
+            "sedd-evaluate-samples=sedd_jax.evaluate_samples:run",
         ]
     },
 )
