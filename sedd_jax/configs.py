@@ -9,7 +9,7 @@ import json
 
 import ml_collections
 
-from sedd_jax import graphs, models, noise as noise_lib
+from sedd_jax import graphs, likelihood, models, noise as noise_lib
 
 PREDICTORS = ("euler", "analytic", "none")
 
@@ -72,7 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.max_skipped_updates = 20   # stop (diverged) after this many consecutive skipped updates
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 512               # global eval batch
+    c.eval.batch_size = 512               # global eval batch: the held-out blocks every eval scores (fixed)
+    c.eval.mc_samples = 4                 # DWDSE draws per block at each eval (sedd_jax.likelihood)
+    c.eval.t_grid = "stratified"          # times of the draws: "stratified" or "iid"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.optimizer = "AdamW"
@@ -121,6 +123,9 @@ def validate(config, device_count: int | None = None, process_count: int | None 
     if int(t.get("max_skipped_updates", 20)) < 1 or not float(t.get("max_update_ratio", 1.0)) > 0:
         raise ValueError("training.max_skipped_updates must be >= 1 and training.max_update_ratio > 0, got "
                          f"{t.get('max_skipped_updates')} and {t.get('max_update_ratio')}")
+    if int(config.eval.mc_samples) < 1 or config.eval.t_grid not in likelihood.T_GRIDS:
+        raise ValueError(f"eval.mc_samples must be >= 1 and eval.t_grid one of {likelihood.T_GRIDS}, got "
+                         f"{config.eval.mc_samples} and {config.eval.t_grid!r}")
     if not 0 <= t.ema < 1:
         raise ValueError(f"training.ema must be in [0, 1), got {t.ema}")
     if config.model.length < 2:

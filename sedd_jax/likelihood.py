@@ -62,15 +62,12 @@ def draw_times(key: jax.Array, mc_samples: int, t_grid: str, sampling_eps: float
     return sampling_eps + (1 - sampling_eps) * u
 
 
-def make_draw_losses_fn(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *, t_grid: str = "iid",
-                        sampling_eps: float = 1e-3, mesh: Mesh | None = None):
-    """Returns `f(params, x0 int32[B, L], ids int32[B], key) -> float32[B, K]`: K draws of the DWDSE loss
-    (nats per sequence) of each row; row b's randomness is fold_in(key, ids[b]) (ids: e.g. block indices).
-
-    Jitted once per shape; with a `mesh` (1-D, axis "batch"), rows are split over its devices (B must be a
-    multiple of the mesh size) and params are replicated. The K draws run in a `lax.scan`, one network call
-    on `[B, L]` per draw.
-    """
+def draw_losses(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *, t_grid: str = "iid",
+                sampling_eps: float = 1e-3):
+    """Returns the pure `f(params, x0 int32[B, L], ids int32[B], key) -> float32[B, K]`: K draws of the DWDSE
+    loss (nats per sequence) of each row; row b's randomness is fold_in(key, ids[b]) (ids: e.g. block
+    indices). The K draws run in a `lax.scan`, one network call on `[B, L]` per draw. Jit it with the
+    shardings at hand (`make_draw_losses_fn`, or the trainer's eval step)."""
     check_settings(mc_samples, t_grid, sampling_eps)
     loss_fn = losses.get_loss_fn(noise, graph, train=False, sampling_eps=sampling_eps)
 
@@ -89,6 +86,14 @@ def make_draw_losses_fn(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples:
         _, values = jax.lax.scan(one_draw, None, jnp.arange(mc_samples))                 # [K, B]
         return values.T.astype(jnp.float32)
 
+    return draws
+
+
+def make_draw_losses_fn(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *, t_grid: str = "iid",
+                        sampling_eps: float = 1e-3, mesh: Mesh | None = None):
+    """`draw_losses` jitted (once per shape); with a `mesh` (1-D, axis "batch"), rows are split over its
+    devices (B must be a multiple of the mesh size) and params are replicated."""
+    draws = draw_losses(log_score_fn, graph, noise, mc_samples, t_grid=t_grid, sampling_eps=sampling_eps)
     if mesh is None:
         return jax.jit(draws)
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))

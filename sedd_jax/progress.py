@@ -2,8 +2,8 @@
 
 Everything here writes on process 0 only, so every process of a multi-host run can call it.
 metrics.jsonl holds one strict-JSON object per logged step: step, train_loss (nats per token), grad_norm,
-learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, and at eval steps eval_loss and
-eval_ppl_bound; non-finite values are null and named in "nonfinite".
+learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, and at eval steps eval_loss,
+eval_loss_ci95 and eval_ppl_bound; non-finite values are null and named in "nonfinite".
 """
 
 from __future__ import annotations

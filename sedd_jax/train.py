@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sedd_jax import checkpoints, configs, models, parallel, progress
+from sedd_jax import checkpoints, configs, likelihood, models, parallel, progress
 from sedd_jax.train_state import TrainState, train_state_layout
 from sedd_jax.train_step import compile_eval_step, compile_train_step, training_components
 
@@ -50,7 +50,8 @@ class Trainer:
     mesh: jax.sharding.Mesh
     state: TrainState                 # initialised, or restored from the newest usable checkpoint
     train_step: Callable              # compiled (state, batch int32[B, L], key) -> (state, metrics)
-    eval_step: Callable               # compiled (ema params, batch int32[B_eval, L], key) -> nats per token
+    eval_step: Callable               # compiled (ema params, blocks, ids, key) -> DWDSE draws float32[B_eval, K]
+    eval_blocks: jax.Array            # int32[eval.batch_size, L]: the held-out blocks of every eval (fixed)
     sampler: Callable | None          # jitted (ema params, key) -> int32[sampling.batch_size, L]; None: no snapshots
     data: Any                         # sedd_jax.data bundle: train_iter, eval_iter, tokenizer
     manager: ocp.CheckpointManager
@@ -91,20 +92,28 @@ def setup(config, workdir: str) -> Trainer:
     started = time.time()
     train_step = compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings)
     progress.report_memory(train_step, "train step")
-    eval_step = compile_eval_step(config, model, loss_fn, mesh, abstract_state)
+    eval_step = compile_eval_step(config, model, mesh, abstract_state)
     progress.log(f"compiled train and eval steps in {time.time() - started:.1f}s")
     sampler = (_snapshot_sampler(config, model, graph, noise, parallel.replicated(mesh))
                if config.training.snapshot_sampling else None)
-    return Trainer(config, workdir, mesh, state, train_step, eval_step, sampler, bundle, manager,
+    eval_blocks = parallel.global_batch(next(bundle.eval_iter), mesh)       # the first eval batch, for good
+    return Trainer(config, workdir, mesh, state, train_step, eval_step, eval_blocks, sampler, bundle, manager,
                    dict(train=train_key, eval=eval_key, sample=sample_key), changes)
 
 
 def _evaluate(trainer: Trainer, state: TrainState, step: int) -> dict:
-    batch = parallel.global_batch(next(trainer.data.eval_iter), trainer.mesh)
-    eval_loss = float(trainer.eval_step(state.ema, batch, jax.random.fold_in(trainer.keys["eval"], step)))
+    """The DWDSE bound of the EMA on the fixed eval blocks, with the same draws (key) at every eval, so the
+    curve compares steps, not samples: eval_loss (nats/token), its 95% Monte-Carlo half-width, eval_ppl_bound."""
+    config = trainer.config
+    ids = jax.make_array_from_callback(trainer.eval_blocks.shape[:1], parallel.batch_sharding(trainer.mesh),
+                                       lambda index: np.arange(trainer.eval_blocks.shape[0], dtype=np.int32)[index])
+    draws = np.asarray(trainer.eval_step(state.ema, trainer.eval_blocks, ids, trainer.keys["eval"]))
+    summary = likelihood.summarize(draws, int(config.model.length), config.eval.t_grid)
+    eval_loss, half_width = summary["nats_per_token"], 1.96 * summary["mc_stderr_nats_per_token"]
     bound = math.exp(eval_loss) if eval_loss < 700 else math.inf
-    progress.log(f"step {step} | eval_loss {eval_loss:.4f} nats/token | perplexity <= {bound:.2f}")
-    return dict(eval_loss=eval_loss, eval_ppl_bound=bound)
+    progress.log(f"step {step} | eval_loss {eval_loss:.4f} +- {half_width:.4f} nats/token (95%, "
+                 f"{draws.shape[1]} draws x {draws.shape[0]} blocks) | perplexity <= {bound:.2f}")
+    return dict(eval_loss=eval_loss, eval_loss_ci95=half_width, eval_ppl_bound=bound)
 
 
 def _divergence_message(step: int, consecutive: int, newest_checkpoint: int | None) -> str:

@@ -65,17 +65,6 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
     return train_step
 
 
-def make_eval_step(config, model, loss_fn):
-    """eval_step(ema_params, batch int32[B, L], key) -> mean DWDSE nats per token (eval mode)."""
-    length = int(config.model.length)
-
-    def eval_step(params, batch, key):
-        log_score_fn = lambda x, sigma: model.apply({"params": params}, x, sigma, train=False)
-        return loss_fn(log_score_fn, key, batch).mean() / length
-
-    return eval_step
-
-
 def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings):
     """`make_train_step` jitted with explicit shardings, the state donated (updated in place), and compiled
     ahead of time for a `[training.batch_size, model.length]` int32 batch. Returns the compiled step."""
@@ -90,15 +79,26 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
     return train_step.lower(abstract_state, batch_shape, key_shape).compile()
 
 
-def compile_eval_step(config, model, loss_fn, mesh, abstract_state: TrainState):
-    """`make_eval_step` jitted and compiled ahead of time for the EMA of `abstract_state` (its shardings) and a
-    `[eval.batch_size, model.length]` int32 batch."""
+def compile_eval_step(config, model, mesh, abstract_state: TrainState):
+    """The trainer's eval: `eval_step(ema_params, blocks int32[B, L], ids int32[B], key) -> float32[B, K]`, K =
+    eval.mc_samples draws of the DWDSE loss (nats per block) of each block in eval mode on a `eval.t_grid` grid
+    of times (sedd_jax.likelihood, the evaluator's code), block b's randomness fold_in(key, ids[b]). Jitted
+    with the EMA's shardings and the batch split like the train batch, compiled for B = eval.batch_size; the
+    draws come back replicated. Summarise them with `likelihood.summarize`."""
+    from sedd_jax import likelihood
+
+    draws = likelihood.draw_losses(
+        lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=False),
+        graphs.get_graph(config.graph.type, config.tokens), noise_lib.from_config(config),
+        int(config.eval.mc_samples), t_grid=config.eval.t_grid, sampling_eps=float(config.training.sampling_eps))
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    ema_shardings = jax.tree.map(lambda a: a.sharding, abstract_state.ema)
+    eval_step = jax.jit(draws, in_shardings=(ema_shardings, batch_sharding, batch_sharding, replicated),
+                        out_shardings=replicated)
+    batch = int(config.eval.batch_size)
     key = jax.random.key(0)
-    eval_step = jax.jit(make_eval_step(config, model, loss_fn),
-                        in_shardings=(jax.tree.map(lambda a: a.sharding, abstract_state.ema), batch_sharding,
-                                      replicated), out_shardings=replicated)
     return eval_step.lower(
         abstract_state.ema,
-        jax.ShapeDtypeStruct((config.eval.batch_size, int(config.model.length)), jnp.int32, sharding=batch_sharding),
+        jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
+        jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
         jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)).compile()

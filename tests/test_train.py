@@ -55,6 +55,8 @@ def test_learns_and_writes_workdir(tmp_path):
     evals = [m for m in read_metrics(workdir) if "eval_loss" in m]
     assert [m["step"] for m in evals] == [25, 50, 75, 100]
     assert all(np.isclose(m["eval_ppl_bound"], np.exp(m["eval_loss"])) for m in evals)
+    assert all(0 < m["eval_loss_ci95"] < 0.5 * m["eval_loss"] for m in evals)      # 4 stratified draws x 8 blocks
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]                         # the same blocks: it learns
     assert last["step"] == 100
     assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == 100
     samples = open(os.path.join(workdir, "samples", "iter_100.txt")).read()
@@ -88,6 +90,11 @@ def test_exact_resume(run20, tmp_path):
     a, b = train_losses(straight), train_losses(resumed)
     for step in range(11, 21):
         assert abs(a[step] - b[step]) <= 1e-6 * abs(a[step]), (step, a[step], b[step])
+    # Every eval scores the same held-out blocks with the same draws: a resumed run's evals are the same too.
+    evals = [{m["step"]: m["eval_loss"] for m in read_metrics(w) if "eval_loss" in m} for w in (straight, resumed)]
+    assert sorted(evals[0]) == sorted(evals[1]) == [5, 10, 15, 20]
+    for step in (15, 20):
+        assert abs(evals[0][step] - evals[1][step]) <= 1e-6 * abs(evals[0][step]), step
     assert a[1] != a[2]  # the losses do change from step to step
 
 
