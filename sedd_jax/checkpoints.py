@@ -430,23 +430,33 @@ def exit_on_sigterm(when: str):
 
 
 class PreemptionWatch:
-    """Turns SIGTERM (a preempted TPU VM, `kill`) into a flag the training loop polls between steps, so the
-    loop saves the current step and returns instead of dying mid-write. Multi-host runs rely on JAX's
-    preemption service instead (enabled by `jax.distributed.initialize()`), whose sync point makes every host
-    stop at the same step."""
+    """Turns SIGTERM (a preempted TPU VM, `kill`) and, in a single-process run, the first Ctrl-C (SIGINT) into
+    a flag the training loop polls between steps, so the loop saves the current step and returns instead of
+    dying mid-write; a second Ctrl-C aborts at once. Multi-host runs rely on JAX's preemption service instead
+    (enabled by `jax.distributed.initialize()`), whose sync point makes every host stop at the same step."""
 
     def __init__(self):
         self._event = threading.Event()
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+            signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGTERM,)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
         return self
 
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self._event.is_set():
+                raise KeyboardInterrupt
+            print("Ctrl-C: saving the current step, then stopping (Ctrl-C again aborts without saving)",
+                  flush=True)
+        self._event.set()
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def should_stop(self, manager: ocp.CheckpointManager, step: int) -> bool:
         if jax.process_count() > 1:

@@ -41,6 +41,9 @@ def main(argv):
     except (ValueError, FileNotFoundError, MemoryError, files.DiskFullError, train.TrainingDivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); rerun the same command to resume from the newest checkpoint", file=sys.stderr)
+        sys.exit(130)
 
 
 def run():

@@ -49,8 +49,8 @@ class Trainer:
     workdir: str
     mesh: jax.sharding.Mesh
     state: TrainState                 # initialised, or restored from the newest usable checkpoint
-    train_step: Callable              # compiled (state, batch int32[B, L], key) -> (state, metrics)
-    eval_step: Callable               # compiled (ema params, blocks, ids, key) -> DWDSE draws float32[B_eval, K]
+    train_step: Callable | None       # compiled (state, batch int32[B, L], key) -> (state, metrics); None: done
+    eval_step: Callable | None        # compiled (ema params, blocks, ids, key) -> DWDSE draws float32[B_eval, K]
     eval_blocks: jax.Array            # int32[eval.batch_size, L]: the held-out blocks of every eval (fixed)
     sampler: Callable | None          # jitted (ema params, key) -> int32[sampling.batch_size, L]; None: no snapshots
     data: Any                         # sedd_jax.data bundle: train_iter, eval_iter, tokenizer
@@ -89,13 +89,18 @@ def setup(config, workdir: str) -> Trainer:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     progress.log(f"model: {n_params:,} parameters; mesh {dict(mesh.shape)}; per-device parameter share {share:.3f}")
 
-    started = time.time()
-    train_step = compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings)
-    progress.report_memory(train_step, "train step")
-    eval_step = compile_eval_step(config, model, mesh, abstract_state)
-    progress.log(f"compiled train and eval steps in {time.time() - started:.1f}s")
-    sampler = (_snapshot_sampler(config, model, graph, noise, parallel.replicated(mesh))
-               if config.training.snapshot_sampling else None)
+    train_step = eval_step = sampler = None
+    if int(state.step) >= int(config.training.n_iters):     # nothing to do: say so instead of compiling
+        progress.log(f"{workdir} is already at step {int(state.step)} of training.n_iters={config.training.n_iters}; "
+                     "raise --config.training.n_iters to train further")
+    else:
+        started = time.time()
+        train_step = compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings)
+        progress.report_memory(train_step, "train step")
+        eval_step = compile_eval_step(config, model, mesh, abstract_state)
+        progress.log(f"compiled train and eval steps in {time.time() - started:.1f}s")
+        if config.training.snapshot_sampling:
+            sampler = _snapshot_sampler(config, model, graph, noise, parallel.replicated(mesh))
     eval_blocks = parallel.global_batch(next(bundle.eval_iter), mesh)       # the first eval batch, for good
     return Trainer(config, workdir, mesh, state, train_step, eval_step, eval_blocks, sampler, bundle, manager,
                    dict(train=train_key, eval=eval_key, sample=sample_key), changes)
@@ -159,9 +164,13 @@ def run(trainer: Trainer) -> dict:
                     tokens = np.asarray(trainer.sampler(state.ema, jax.random.fold_in(trainer.keys["sample"], step)))
                     progress.write_samples(trainer.workdir, step, tokens, trainer.data.tokenizer)
                 if stopping:
-                    progress.log(f"preemption signal: saved step {step}, exiting")
+                    progress.log(f"stop signal (SIGTERM or Ctrl-C): saved step {step}; rerun the same command to "
+                                 "resume")
                     break
         manager.wait_until_finished()
+        if step == n_iters and trainer.train_step is not None:
+            progress.log(f"finished step {step}: checkpoints in {manager.directory}, metrics in "
+                         f"{trainer.workdir}/metrics.jsonl (and TensorBoard events), samples in {trainer.workdir}/samples")
     finally:
         manager.close()
         metrics_log.close()

@@ -98,7 +98,8 @@ def test_exact_resume(run20, tmp_path):
     assert a[1] != a[2]  # the losses do change from step to step
 
 
-def test_sigterm_saves_current_step_and_resumes(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_signal_saves_current_step_and_resumes(tmp_path, stop):
     workdir = tmp_path / "preempted"
     cmd = main_command(tmp_path, workdir, training__n_iters=100000, training__snapshot_freq_for_preemption=100000,
                        training__eval_freq=100000)
@@ -108,13 +109,15 @@ def test_sigterm_saves_current_step_and_resumes(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     stopped = max(train_losses(workdir))
-    assert f"saved step {stopped}" in out
+    assert f"saved step {stopped}; rerun the same command to resume" in out and "Traceback" not in out
     steps = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
     assert max(steps) == stopped
+    if stop == signal.SIGINT:
+        return
     done = _run(main_command(tmp_path, workdir, training__n_iters=stopped + 3))
     assert done.returncode == 0, done.stderr
     assert f"resumed {workdir} from step {stopped}" in done.stdout
@@ -316,6 +319,16 @@ def test_resume_refuses_meaning_changes_and_records_others(run20, tmp_path):
 def _snapshot(directory) -> dict:
     return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
             for root, _, files in os.walk(directory) for f in files}
+
+
+def test_rerunning_a_finished_run_says_so_without_compiling(run20, tmp_path, capsys):
+    base, workdir = _copy_run(run20, tmp_path)
+    before = _snapshot(workdir / "checkpoints")
+    assert train.train_and_evaluate(config(base, training__n_iters=20), str(workdir)) == {}
+    out = capsys.readouterr().out
+    assert "is already at step 20 of training.n_iters=20; raise --config.training.n_iters" in out
+    assert "compiled" not in out
+    assert _snapshot(workdir / "checkpoints") == before
 
 
 def test_workdir_with_another_model_shape(run20, tmp_path):
