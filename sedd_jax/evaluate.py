@@ -1,7 +1,7 @@
 """Likelihood-bound perplexity of a SEDD checkpoint on datasets (docs/evaluation.md, reference §4.2).
 
     python -m sedd_jax.evaluate --checkpoint=sedd-small --dataset=wikitext2,ptb,wikitext103,lambada,lm1b \\
-        [--protocol=sedd] [--split=test] [--mc_samples=1000] [--seed=0] [--batch_size=16] [--length=1024] \\
+        [--protocol=sedd|mdlm] [--split=test] [--mc_samples=1000] [--seed=0] [--batch_size=16] [--length=1024] \\
         [--t_grid=iid|stratified] [--output=results.json]
 
 Protocol "sedd" (the paper's zero-shot protocol): the dataset's detokenizer, the checkpoint's tokenizer,
@@ -13,9 +13,17 @@ separately (`prior_kl_nats_per_token`, and `with_prior` figures). The 95% interv
 mean +- 1.96 SE with SE from the per-block draws (`sedd_jax.likelihood`), for this fixed set of blocks.
 
 Default split per dataset (the paper's): test, except wikitext2 (train; WikiText-2 and -103 share a test
-set) and datasets without a test split (their evaluation split). Datasets are read by `sedd_jax.data`
-(`--cache_dir` is the TFDS data directory and token cache; `--files` the glob or file for files / text8 /
-lambada). Progress goes to stderr; one JSON result per dataset to --output.
+set) and datasets without a test split (their evaluation split).
+
+Protocol "mdlm" (MDLM's zero-shot table, Sahoo et al. 2024, and the papers that copy it): the same
+detokenizers and tokenizer, but MDLM's "wrap" packing (kuleshov-group/mdlm `dataloader.py`): documents + EOS
+concatenated, cut into chunks of L - 2, and every block is [BOS] + chunk + [EOS], with BOS = EOS (GPT-2's
+<|endoftext|>, 50256; our tokenizers' EOS for the others). Default split: MDLM's validation loader, i.e.
+validation, except lm1b, ag_news, text8 and lambada (test). docs/evaluation.md compares the two.
+
+Datasets are read by `sedd_jax.data` (`--cache_dir` is the TFDS data directory and token cache; `--files`
+the glob or file for files / text8 / lambada). Progress goes to stderr; one JSON result per dataset to
+--output, naming the protocol, packing, split, detokenizer and source of each.
 """
 
 from __future__ import annotations
@@ -27,10 +35,15 @@ import os
 import sys
 import time
 
-PROTOCOLS = ("sedd",)
+PROTOCOLS = ("sedd", "mdlm")
 DEFAULT_MC_SAMPLES = 1000  # the paper's (App. C.6)
 DEFAULT_SAMPLING_EPS = 1e-3  # the reference's loss
 PAPER_SPLITS = {"wikitext2": "train"}  # others: "test" when the dataset has one, else its eval split
+MDLM_TEST_SPLIT = frozenset({"text8", "lm1b", "ag_news", "lambada"})  # others: "validation" (if any)
+PACKINGS = {
+    "sedd": "sedd: documents + EOS concatenated and cut into blocks of length L; no padding",
+    "mdlm": "mdlm-wrap: documents + EOS concatenated, cut into chunks of L - 2, each block [BOS] + chunk + [EOS]",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +73,15 @@ def _log(message: str) -> None:
 
 
 def default_split(name: str, protocol: str = "sedd") -> str:
+    """The split a protocol evaluates by default: SEDD's paper (test; wikitext2: train) or MDLM's validation
+    loader (validation; test for text8, lm1b, ag_news, and lambada, which has only test)."""
     from sedd_jax.data import sources
 
     spec = sources.get_spec(name)
+    if protocol == "mdlm":
+        if name not in MDLM_TEST_SPLIT and "validation" in spec.splits:
+            return "validation"
+        return "test" if "test" in spec.splits else spec.eval_split
     if name in PAPER_SPLITS:
         return PAPER_SPLITS[name]
     return "test" if "test" in spec.splits else spec.eval_split
@@ -167,8 +186,7 @@ def evaluate_from_args(args) -> dict:
     from sedd_jax.data import datasets, sources
 
     if args.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(PROTOCOLS)} "
-                         "(mdlm is not implemented yet)")
+        raise ValueError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     likelihood.check_settings(args.mc_samples, args.t_grid, args.sampling_eps)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
@@ -203,10 +221,11 @@ def evaluate_from_args(args) -> dict:
         check_tokenizer(model, tok, name)
     config = data_config(model, length, args.files, args.cache_dir, download=not args.no_download)
     workdir = model.path if model.is_workdir else None
+    bos_eos = (int(tok.eos_id), int(tok.eos_id)) if args.protocol == "mdlm" else None  # MDLM: BOS = EOS id
     results = []
     for name in names:
         spec = sources.get_spec(name)
-        blocks = datasets.load_blocks(config, workdir, name, splits[name], tok)
+        blocks = datasets.load_blocks(config, workdir, name, splits[name], tok, bos_eos=bos_eos)
         total_blocks = len(blocks)
         if args.max_blocks:
             blocks = blocks[:args.max_blocks]
@@ -214,14 +233,20 @@ def evaluate_from_args(args) -> dict:
              f"K={args.mc_samples} {args.t_grid} draws each (the first batch compiles)")
         record = evaluate_blocks(model, blocks, mc_samples=args.mc_samples, seed=args.seed, t_grid=args.t_grid,
                                  sampling_eps=args.sampling_eps, batch_size=args.batch_size, name=name)
-        record = dict(dataset=name, split=splits[name], detokenizer=spec.detokenizer, total_blocks=total_blocks,
+        record = dict(dataset=name, split=splits[name], detokenizer=spec.detokenizer,
+                      source=dict(kind=spec.kind, tfds_name=spec.tfds_name or None,
+                                  field=spec.field if isinstance(spec.field, str) else list(spec.field)),
+                      protocol=args.protocol, packing=PACKINGS[args.protocol],
+                      bos_id=bos_eos[0] if bos_eos else None, eos_id=int(tok.eos_id), total_blocks=total_blocks,
                       **record)
         lo, hi = record["ci95_perplexity"]
         _log(f"{name}: {record['nats_per_token']:.4f} nats/token, {record['bits_per_token']:.4f} bits/token, "
              f"perplexity <= {record['perplexity_bound']:.2f} (95% CI {lo:.2f}-{hi:.2f}), {record['tokens']} "
              f"tokens, {record['wall_time_s']:.1f}s")
         results.append(record)
-    protocol = dict(protocol=args.protocol, checkpoint=os.path.abspath(os.path.expanduser(args.checkpoint)),
+    protocol = dict(protocol=args.protocol, packing=PACKINGS[args.protocol],
+                    splits=dict(splits), split_rule=("--split" if args.split else f"{args.protocol} default"),
+                    checkpoint=os.path.abspath(os.path.expanduser(args.checkpoint)),
                     graph=model.config.graph.type, tokenizer=tok.name, length=length, model_length=model_length,
                     mc_samples=int(args.mc_samples), t_grid=args.t_grid, seed=int(args.seed),
                     sampling_eps=float(args.sampling_eps), batch_size=int(args.batch_size),

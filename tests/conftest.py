@@ -25,7 +25,8 @@ def parity():
 # compiles, subprocess CLIs), about a minute on 2 cores; `python -m pytest` (CI, README) runs everything.
 SLOW_MODULES = {"test_train.py", "test_train_step.py", "test_multiprocess_train.py", "test_compile.py",
                 "test_notebook.py", "test_data_multiprocess.py", "test_sample_cli.py", "test_pretrained.py",
-                "test_model_execution.py", "test_launch.py", "test_sampling.py", "test_evaluate.py"}
+                "test_model_execution.py", "test_launch.py", "test_sampling.py", "test_evaluate.py",
+                "test_evaluate_protocols.py"}
 
 
 def pytest_collection_modifyitems(config, items):

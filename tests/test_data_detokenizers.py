@@ -72,3 +72,12 @@ def test_lm1b_detokenizer(text, expected):
 def test_lambada_detokenizer():
     text = "  \N{LEFT DOUBLE QUOTATION MARK}Hi,\N{RIGHT DOUBLE QUOTATION MARK} she said.  "
     assert dt.lambada_detokenizer(text) == '\n"Hi," she said.'
+
+
+def test_scientific_papers_detokenizer_is_wikitext_then_lm1b():
+    """MDLM's `scientific_papers_detokenizer` (PubMed / ArXiv): wt_detokenizer, then lm1b_detokenizer."""
+    text = "the cell @-@ cycle ( g1 ) , see http : / / x.org . It 's done ."
+    assert dt.scientific_papers_detokenizer(text) == "the cell-cycle (g1), see http:// x.org. It's done."
+    assert dt.DETOKENIZERS["scientific_papers"] is dt.scientific_papers_detokenizer
+    for example in (text, "= = Methods = =\n we used N = 5 mice .", "I 'm here , ok ?"):
+        assert dt.scientific_papers_detokenizer(example) == dt.lm1b_detokenizer(dt.wt_detokenizer(example))

@@ -70,3 +70,23 @@ def test_empty_or_too_small_corpus_is_an_error():
         packing.pack(packing.tokenize_documents([], tok), 32)
     with pytest.raises(ValueError, match="3 tokens, fewer than one block"):
         packing.pack(packing.tokenize_documents(["ab"], tok), 32)
+
+
+@pytest.mark.parametrize("seed", [None, 2])
+def test_mdlm_wrap_frames_every_block_with_bos_and_eos(seed):
+    """MDLM's wrap (`dataloader._group_texts`): the EOS-separated stream cut every L - 2 tokens, each block
+    [BOS] + chunk + [EOS]; here BOS = 5 to tell it from EOS = 27."""
+    docs, corpus = _corpus()
+    length, bos = 32, 5
+    blocks = packing.pack(corpus, length, seed=seed, bos_eos=(bos, EOS))
+    assert blocks.shape == (corpus.num_tokens // (length - 2), length)
+    assert (blocks[:, 0] == bos).all() and (blocks[:, -1] == EOS).all()
+    order = packing.document_order(len(docs), seed)
+    order = range(len(docs)) if order is None else order
+    stream = np.concatenate([corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]] for d in order])
+    inner = blocks[:, 1:-1].reshape(-1)
+    np.testing.assert_array_equal(inner, stream[: inner.size])  # nothing else is inserted or lost
+    assert 0 <= len(stream) - inner.size < length - 2
+    np.testing.assert_array_equal(blocks[:, 1:-1], packing.pack(corpus, length - 2, seed=seed))
+    with pytest.raises(ValueError, match="at least 3"):
+        packing.pack(corpus, 2, bos_eos=(bos, EOS))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sedd_jax import data
-from sedd_jax.data import sources
+from sedd_jax.data import detokenizers, sources
 
 from tests.data_testing import make_config, write_corpus
 
@@ -58,6 +58,34 @@ def test_huggingface_datasets_text_path_with_mock_data(tmp_path, tfds_mock, monk
     docs = list(sources.load_documents(name, "test", config))
     raw = list(sources.tfds_texts(sources.tfds_builder("lm1b", config.data.cache_dir), "test", "text"))
     assert docs == [detok(t) for t in raw]
+
+
+@pytest.mark.parametrize("name, tfds_name, splits, eval_split", [
+    ("ag_news", "ag_news_subset", ("train", "test"), "test"),
+    ("pubmed", "scientific_papers/pubmed", ("train", "validation", "test"), "validation"),
+    ("arxiv", "scientific_papers/arxiv", ("train", "validation", "test"), "validation"),
+])
+def test_mdlm_zero_shot_datasets_with_tfds_mock_data(tmp_path, tfds_mock, name, tfds_name, splits,
+                                                     eval_split):
+    """MDLM's extra zero-shot sets: ag_news is Hugging Face's "text" (title + " " + description);
+    pubmed / arxiv are the articles with MDLM's scientific_papers detokenizer (wikitext then lm1b)."""
+    spec = sources.DATASETS[name]
+    assert (spec.kind, spec.tfds_name, spec.splits, spec.eval_split) == ("tfds", tfds_name, splits, eval_split)
+    config = make_config(tmp_path, train=name, valid=name, download=True)
+    builder = sources.tfds_builder(tfds_name, config.data.cache_dir)
+    for split in splits:
+        docs = list(sources.load_documents(name, split, config))
+        if name == "ag_news":
+            titles = list(sources.tfds_texts(builder, split, "title"))
+            descriptions = list(sources.tfds_texts(builder, split, "description"))
+            expected = [t + " " + d for t, d in zip(titles, descriptions)]
+        else:
+            expected = [detokenizers.scientific_papers_detokenizer(t)
+                        for t in sources.tfds_texts(builder, split, "article")]
+        assert len(docs) == 20 and docs == expected
+    # end to end through the char tokenizer into eval blocks
+    bundle = data.create_datasets(config, str(tmp_path / "work"), process_index=0, process_count=1)
+    assert next(bundle.eval_iter).shape == (4, 32) and bundle.eval_blocks > 0
 
 
 def test_prepared_huggingface_dir_is_found_offline(tmp_path):

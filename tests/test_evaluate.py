@@ -212,7 +212,7 @@ def test_one_and_eight_devices_agree(char_checkpoint, corpus, model, tmp_path, c
     (["--mc_samples=0"], "Monte-Carlo samples must be >= 1"),
     (["--length=64"], "model's length 32"),
     (["--t_grid=sobol"], "unknown t grid"),
-    (["--protocol=mdlm"], "unknown protocol"),
+    (["--protocol=gpt2"], "unknown protocol 'gpt2'; choose one of sedd, mdlm"),
     (["--split=test"], "has no split 'test'"),
 ])
 def test_bad_input(char_checkpoint, corpus, tmp_path, capsys, extra, message):

@@ -17,7 +17,8 @@ Config fields read (ml_collections.ConfigDict):
   training.seed        int  shuffling seed: epoch e of train uses seed + e, eval seed + 1 + e;
                             also the document-order seed of local corpora (unless data.seed)
   data.train           str  train dataset: pystdlib | openwebtext | wikitext2 | wikitext103 | ptb |
-                            lm1b | lambada | text8 | files (sources.DATASETS)
+                            lm1b | lambada | ag_news | pubmed | arxiv | text8 | files
+                            (sources.DATASETS)
   data.valid           str  eval dataset (its eval split: validation, or test where there is none)
   data.tokenizer       str  sentencepiece | gpt2 | char
   data.files           str  glob of text files for "files"; or the path of the text8 file /

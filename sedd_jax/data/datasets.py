@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from sedd_jax import files
 from sedd_jax.data import packing, pipeline, sources, tokenizers
@@ -110,15 +110,15 @@ def load_corpus(config, workdir: Optional[str], name: str, split: str,
 
 
 def load_blocks(config, workdir: Optional[str], name: str, split: str,
-                tok: tokenizers.Tokenizer):
-    """Packed blocks [N, config.model.length] of (dataset, split)."""
+                tok: tokenizers.Tokenizer, bos_eos: Optional[Tuple[int, int]] = None):
+    """Packed blocks [N, config.model.length] of (dataset, split); `bos_eos`: MDLM's wrap (`packing.pack`)."""
     corpus = load_corpus(config, workdir, name, split, tok)
     spec = sources.get_spec(name)
     seed = config.data.get("seed", None)
     seed = int(config.training.seed if seed is None else seed)
     return packing.pack(corpus, int(config.model.length),
                         seed=seed if spec.shuffle_documents else None,
-                        what=f"dataset {name!r} split {split!r}")
+                        what=f"dataset {name!r} split {split!r}", bos_eos=bos_eos)
 
 
 def _local_batch(global_batch: int, process_count: int, field: str) -> int:

@@ -8,6 +8,8 @@ Each function maps one example (a line or a sentence) to a string, applying the 
   ptb_detokenizer     Penn Treebank ("n't", "<unk>", "N" for numbers)
   lm1b_detokenizer    One Billion Word ("http : / / ", spaced quotes and brackets)
   lambada_detokenizer OpenAI's LAMBADA jsonl (curly quotes; the result starts with a newline)
+  scientific_papers_detokenizer  PubMed / ArXiv articles: the WikiText rules, then the LM1B rules
+                      (MDLM's `scientific_papers_detokenizer`, kuleshov-group/mdlm dataloader.py)
 """
 from __future__ import annotations
 
@@ -122,6 +124,11 @@ def lambada_detokenizer(text: str) -> str:
     return "\n" + text.strip()
 
 
+def scientific_papers_detokenizer(text: str) -> str:
+    """Scientific Papers (PubMed, ArXiv) detokenizer, as MDLM's: `wt_detokenizer` then `lm1b_detokenizer`."""
+    return lm1b_detokenizer(wt_detokenizer(text))
+
+
 def identity(text: str) -> str:
     return text
 
@@ -131,5 +138,6 @@ DETOKENIZERS: dict[str, Callable[[str], str]] = {
     "ptb": ptb_detokenizer,
     "lm1b": lm1b_detokenizer,
     "lambada": lambada_detokenizer,
+    "scientific_papers": scientific_papers_detokenizer,
     "none": identity,
 }

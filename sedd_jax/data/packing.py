@@ -15,13 +15,18 @@ anywhere (mid-document) and hold several EOS-separated documents, as in the refe
 padding and no attention mask. Remainder policy: the last T mod length (< length) tokens of the
 (permuted) stream are dropped, once per split. (The reference drops a remainder per 1000-document
 map batch; dropping once loses less data.)
+
+`pack(..., bos_eos=(bos, eos))` is MDLM's "wrap" instead (kuleshov-group/mdlm `dataloader._group_texts`,
+used by `python -m sedd_jax.evaluate --protocol=mdlm`): the same EOS-separated stream is cut into
+chunks of `length - 2` tokens and every block is [bos] + chunk + [eos], so each block starts with BOS
+and ends with EOS whatever document it cuts. N = T // (length - 2); the remainder is dropped once.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -145,14 +150,23 @@ def document_order(num_documents: int, seed: Optional[int]) -> Optional[np.ndarr
 
 
 def pack(corpus: TokenizedCorpus, length: int, seed: Optional[int] = None,
-         what: str = "corpus") -> np.ndarray:
+         what: str = "corpus", bos_eos: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """Concatenates documents (seeded order if `seed` is not None) into blocks [N, length].
 
     The trailing T mod length tokens are dropped. Without a seed the result is a view of the
     (memory-mapped) token stream, so a corpus larger than memory costs no memory here.
+
+    bos_eos=(bos, eos): MDLM's wrap. The stream is cut into chunks of length - 2 and each block is
+    [bos] + chunk + [eos] (a new [N, length] array, N = T // (length - 2)).
     """
-    if length <= 0:
-        raise ValueError(f"block length must be positive, got {length}")
+    if length <= 0 or (bos_eos is not None and length < 3):
+        raise ValueError(f"block length must be positive (at least 3 with BOS/EOS framing), got {length}")
+    if bos_eos is not None:
+        inner = pack(corpus, length - 2, seed=seed, what=what)
+        blocks = np.empty((len(inner), length), inner.dtype)
+        blocks[:, 0], blocks[:, -1] = bos_eos
+        blocks[:, 1:-1] = inner
+        return blocks
     n_blocks = corpus.num_tokens // length
     if corpus.num_documents == 0 or n_blocks == 0:
         raise ValueError(

@@ -15,6 +15,15 @@ appended after each document (§6.3). Splits are "train", "validation", "test";
 | ptb         | TFDS `huggingface:ptb_text_only/penn_treebank`     | a sentence    | train/val/test (v) |
 | lm1b        | TFDS `lm1b`                                        | a sentence    | train/test (test)  |
 | lambada     | OpenAI's `lambada_test.jsonl`                      | a passage     | test               |
+| ag_news     | TFDS `ag_news_subset`, title + " " + description   | a news item   | train/test (test)  |
+| pubmed      | TFDS `scientific_papers/pubmed`, field `article`   | an article    | train/val/test (v) |
+| arxiv       | TFDS `scientific_papers/arxiv`, field `article`    | an article    | train/val/test (v) |
+
+ag_news, pubmed and arxiv are the extra zero-shot sets of MDLM's table (Sahoo et al. 2024); their
+text is what MDLM's `dataloader.py` reads from Hugging Face: `ag_news` "text" is title + " " +
+description of the same CSV, and `scientific_papers` "article" is the same "\n"-joined paragraphs
+(the TFDS and Hugging Face builders build it identically). TFDS stores examples in a hashed order, not
+the file order, so block boundaries differ from MDLM's (docs/evaluation.md).
 
 Deterministic splits of local corpora ("pystdlib", "files"): a file is in "validation" iff
 crc32(its path relative to the corpus root, "/"-separated) % 100 < 2 (about 2%); the rest is
@@ -39,7 +48,7 @@ import json
 import os
 import sysconfig
 import zlib
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from sedd_jax import files
 from sedd_jax.data import detokenizers
@@ -63,7 +72,7 @@ class DatasetSpec:
     splits: Tuple[str, ...]
     eval_split: str
     tfds_name: str = ""
-    field: str = "text"
+    field: Union[str, Tuple[str, ...]] = "text"  # several fields: joined with " "
     detokenizer: str = "none"
     shuffle_documents: bool = False  # seeded document order before packing (small corpora)
     tokenizer: Optional[str] = None  # a required tokenizer kind, if any
@@ -92,6 +101,12 @@ DATASETS = {
         DatasetSpec("lm1b", "tfds", ("train", "test"), "test", tfds_name="lm1b",
                     detokenizer="lm1b"),
         DatasetSpec("lambada", "lambada", ("test",), "test", detokenizer="lambada"),
+        DatasetSpec("ag_news", "tfds", ("train", "test"), "test", tfds_name="ag_news_subset",
+                    field=("title", "description")),
+        DatasetSpec("pubmed", "tfds", _TVT, "validation", tfds_name="scientific_papers/pubmed",
+                    field="article", detokenizer="scientific_papers"),
+        DatasetSpec("arxiv", "tfds", _TVT, "validation", tfds_name="scientific_papers/arxiv",
+                    field="article", detokenizer="scientific_papers"),
     )
 }
 
@@ -328,13 +343,15 @@ def tfds_builder(tfds_name: str, data_dir: str, allow_download: bool = True):
     return builder
 
 
-def tfds_texts(builder, split: str, field: str) -> Iterator[str]:
-    """The `field` strings of a split of a TFDS builder, in the stored order."""
+def tfds_texts(builder, split: str, field: Union[str, Sequence[str]]) -> Iterator[str]:
+    """The `field` strings of a split of a TFDS builder, in the stored order; several fields are
+    joined with one space (ag_news: title + " " + description, as Hugging Face's `ag_news`)."""
     import tensorflow_datasets as tfds
+    fields = (field,) if isinstance(field, str) else tuple(field)
     ds = builder.as_dataset(split=split, shuffle_files=False)
     for example in tfds.as_numpy(ds):
-        value = example[field]
-        yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        values = [example[f] for f in fields]
+        yield " ".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values)
 
 
 def _tfds_documents(spec: DatasetSpec, config, split: str) -> Iterator[str]:
