@@ -65,11 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading a missing dataset")
     p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--output", default=None, help="write the results as JSON to this file")
+    p.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0 of a multi-host evaluation "
+                   "(with --num_processes, --process_id; TPU pod slices and SLURM are detected without them)")
+    p.add_argument("--num_processes", type=int, default=None, help="processes of a multi-host evaluation")
+    p.add_argument("--process_id", type=int, default=None, help="this process's index (0 writes the output)")
     return p
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """Progress on stderr, from process 0 of a multi-host evaluation."""
+    if "jax" not in sys.modules or sys.modules["jax"].process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def default_split(name: str, protocol: str = "sedd") -> str:
@@ -170,14 +176,38 @@ def evaluate_blocks(model, blocks, *, mc_samples: int, seed: int = 0, t_grid: st
     start = time.time()
     mesh = likelihood.local_mesh()
     draw_fn = model.draw_losses_fn(mc_samples, t_grid, sampling_eps)
-    progress = Progress(name, n)
-    draws = likelihood.run_draws(draw_fn, model.params, blocks, np.arange(n), jax.random.key(int(seed)),
-                                 batch_size, multiple=mesh.devices.size, on_batch=progress)
+    # Process p of P scores blocks p, p + P, ... on its own devices; the draws are gathered on every process.
+    mine = np.arange(jax.process_index(), n, jax.process_count())
+    progress = Progress(name, len(mine))
+    draws = likelihood.run_draws(draw_fn, model.params, blocks[mine], mine, jax.random.key(int(seed)),
+                                 batch_size, multiple=mesh.devices.size, on_batch=progress, mesh=mesh)
+    draws = _gather_blocks(draws, mine, n, mc_samples)
     stats = likelihood.summarize(draws, blocks.shape[1], t_grid)
     prior_kl, prior_base = likelihood.prior_kl_per_token(model.graph, model.noise, model.config.graph.type)
     record = result_record(stats, prior_kl)
-    record.update(prior_base=prior_base, wall_time_s=time.time() - start, devices=int(mesh.devices.size))
+    record.update(prior_base=prior_base, wall_time_s=time.time() - start,
+                  devices=int(mesh.devices.size) * jax.process_count(), processes=jax.process_count())
     return record
+
+
+def _gather_blocks(draws, mine, n: int, mc_samples: int):
+    """float64 `[n, K]` draws of all blocks from each process's `[len(mine), K]` draws of blocks `mine`."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return draws
+    from jax.experimental import multihost_utils
+
+    rows = -(-n // jax.process_count())
+    padded = np.zeros((rows, mc_samples), np.float32)          # the draws are float32 on the devices: exact
+    padded[:len(mine)] = draws
+    gathered = np.asarray(multihost_utils.process_allgather(padded), np.float64)       # [P, rows, K]
+    out = np.empty((n, mc_samples), np.float64)
+    for process in range(jax.process_count()):
+        index = np.arange(process, n, jax.process_count())
+        out[index] = gathered[process, :len(index)]
+    return out
 
 
 def evaluate_from_args(args) -> dict:
@@ -271,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input, checkpoint or data, 2 usage)."""
     args = build_parser().parse_args(argv)
     try:
+        from sedd_jax import parallel
+
+        parallel.initialize_processes(args.coordinator_address, args.num_processes, args.process_id)
         report = evaluate_from_args(args)
+        import jax
+
+        if jax.process_index() != 0:       # every process holds the same report; process 0 writes it
+            return 0
         if args.output:
             from sedd_jax import files
 

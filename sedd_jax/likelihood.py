@@ -107,10 +107,16 @@ def local_mesh() -> Mesh:
 
 
 def run_draws(draw_fn, params, x0: np.ndarray, ids: np.ndarray, key, batch_size: int, multiple: int = 1,
-              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+              on_batch: Callable[[int], None] | None = None, mesh: Mesh | None = None) -> np.ndarray:
     """Applies `draw_fn` to rows of `x0` `[N, L]` in batches of `batch_size` (rounded up to a multiple of
     `multiple`, e.g. the device count); the last batch is padded with copies of its first row, so every call
-    has the same shape. Returns float64 `[N, K]`. `on_batch(rows_done)` is called after each batch."""
+    has the same shape. Returns float64 `[N, K]`. `on_batch(rows_done)` is called after each batch.
+    `mesh`: the `make_draw_losses_fn` mesh; inputs are placed on it first (needed in a multi-process run)."""
+    put_rows = put_whole = lambda a: a
+    if mesh is not None:
+        rows_sharding, whole = NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), NamedSharding(mesh, PartitionSpec())
+        put_rows, put_whole = (lambda a: jax.device_put(a, rows_sharding)), (lambda a: jax.device_put(a, whole))
+        params, key = put_whole(params), put_whole(key)
     batch = int(math.ceil(max(1, int(batch_size)) / multiple) * multiple)
     n = len(x0)
     out = []
@@ -121,7 +127,7 @@ def run_draws(draw_fn, params, x0: np.ndarray, ids: np.ndarray, key, batch_size:
         if real < batch:
             rows = np.concatenate([rows, np.repeat(rows[:1], batch - real, 0)])
             row_ids = np.concatenate([row_ids, np.repeat(row_ids[:1], batch - real, 0)])
-        values = np.asarray(draw_fn(params, rows, row_ids, key), np.float64)[:real]
+        values = np.asarray(draw_fn(params, put_rows(rows), put_rows(row_ids), key), np.float64)[:real]
         out.append(values)
         if on_batch is not None:
             on_batch(start + real)
@@ -204,7 +210,7 @@ def sequence_bounds(log_score_fn: ParamLogScoreFn | None, params, graph, noise, 
     for length in sorted({len(r) for r in rows}):
         index = np.array([i for i, r in enumerate(rows) if len(r) == length])
         draws = run_draws(draw_fn, params, np.stack([rows[i] for i in index]), index, key, batch_size,
-                          multiple=mesh.devices.size)
+                          multiple=mesh.devices.size, mesh=mesh)
         mean, var = mean_variance(draws, t_grid)
         bounds[index], stderrs[index] = mean, np.sqrt(var)
     return bounds, stderrs

@@ -241,3 +241,29 @@ def test_module_entry_point_error_has_no_traceback(char_checkpoint, tmp_path):
                           cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.startswith("error: unknown dataset 'bogus'")
     assert "Traceback" not in proc.stderr
+
+
+def test_two_processes_split_the_blocks_and_agree(char_checkpoint, corpus, tmp_path):
+    """Two processes (jax.distributed on 127.0.0.1, 2 fake devices each) score blocks 0, 2, ... and 1, 3, ...;
+    process 0 writes the same figures as one process alone."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    argv = _argv(char_checkpoint, corpus, tmp_path, "--batch_size=3")
+    procs = [subprocess.Popen([sys.executable, "-m", "sedd_jax.evaluate", *argv, f"--output={tmp_path}/two_{i}.json",
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert not (tmp_path / "two_1.json").exists() and "nats_per_token" not in outputs[1][0]  # process 0 reports
+    assert evaluate.main(argv + [f"--output={tmp_path}/one.json"]) == 0
+    two = json.loads((tmp_path / "two_0.json").read_text())["results"][0]
+    one = json.loads((tmp_path / "one.json").read_text())["results"][0]
+    assert (two["processes"], two["devices"], two["blocks"]) == (2, 4, one["blocks"])
+    for field in ("nats_per_token", "mc_stderr_nats_per_token", "perplexity_bound"):
+        np.testing.assert_allclose(two[field], one[field], rtol=1e-5)
