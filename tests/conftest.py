@@ -25,6 +25,7 @@ def parity():
 # compiles, subprocess CLIs), two to three minutes on 2 cores; `python -m pytest -n auto --dist loadfile` (CI, README)
 # runs everything.
 SLOW_MODULES = {"test_train.py", "test_train_step.py", "test_multiprocess_train.py", "test_compile.py",
+                "test_compile_slices.py",
                 "test_notebook.py", "test_data_multiprocess.py", "test_sample_cli.py", "test_pretrained.py",
                 "test_model_execution.py", "test_launch.py", "test_sampling.py", "test_evaluate.py",
                 "test_evaluate_protocols.py"}

@@ -2,7 +2,6 @@
 CPU devices: fits and memory per device, advice when it does not fit, FLOPs against the analytic count."""
 
 import dataclasses
-import math
 import os
 import subprocess
 import sys
@@ -12,55 +11,10 @@ import pytest
 from configs import owt_medium, owt_small, tiny
 from sedd_jax import compile as aot
 from sedd_jax import flops
+from tests.compile_testing import config_with as _config
 from tests.train_testing import REPO
 
 pytest.importorskip("libtpu", reason='libtpu is missing: pip install -e ".[test]" installs it (jax[tpu])')
-
-
-def _config(module, **overrides):
-    c = module.get_config()
-    for path, value in overrides.items():
-        node = c
-        *parents, leaf = path.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def _assert_fits(report, devices, hosts, mesh):
-    assert report.fits, (report.memory, report.out_of_memory, report.advice)
-    assert report.devices == devices and report.hosts == hosts and report.mesh == mesh
-    m = report.memory
-    assert 0 < m["temporaries"] and m["total"] <= report.hbm
-    # The donated state is counted once: arguments (state + batch + key) ~ outputs ~ the sharded state.
-    assert math.isclose(m["arguments"], report.state_bytes, rel_tol=0.01)
-    assert m["total"] < m["arguments"] + m["outputs"] + m["temporaries"]
-
-
-def test_owt_small_fits_a_v5e_slice_with_data_and_fsdp():
-    report = aot.aot_compile(_config(owt_small, training__accum=8, mesh__data=4, mesh__fsdp=4), "v5e:4x4")
-    _assert_fits(report, 16, 4, {"data": 4, "fsdp": 4, "tensor": 1})
-    assert report.hbm == 16 * 2**30 and report.device_kind == "TPU v5 lite"
-    assert report.batch_size == 512 and report.length == 1024 and report.compute_dtype == "bfloat16"
-
-
-def test_owt_small_fits_a_v5e_slice_with_tensor_parallelism():
-    report = aot.aot_compile(_config(owt_small, training__accum=8, mesh__data=2, mesh__fsdp=4, mesh__tensor=2),
-                             "v5e:4x4")
-    _assert_fits(report, 16, 4, {"data": 2, "fsdp": 4, "tensor": 2})
-
-
-def test_owt_small_fits_a_v5p_slice_as_configured():
-    report = aot.aot_compile(owt_small.get_config(), "v5p:2x2x2")
-    _assert_fits(report, 8, 2, {"data": 8, "fsdp": 1, "tensor": 1})
-    assert report.hbm == 95 * 2**30 and report.accum == 1
-
-
-def test_owt_medium_fits_a_v5p_slice_with_fsdp_and_tensor():
-    report = aot.aot_compile(_config(owt_medium, mesh__data=4, mesh__fsdp=2, mesh__tensor=2), "v5p:2x2x4")
-    _assert_fits(report, 16, 4, {"data": 4, "fsdp": 2, "tensor": 2})
-    assert report.accum == 2  # as configured
 
 
 def test_a_config_that_does_not_fit_is_told_what_to_change():

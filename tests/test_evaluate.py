@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from sedd_jax import evaluate, graphs, likelihood, noise, pretrained
-from tests import exact_scores
-from tests.conftest import TINY_CHECKPOINT
+from tests import evaluate_testing, exact_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
@@ -100,14 +99,7 @@ def test_mean_variance_by_hand():
 
 @pytest.fixture(scope="module")
 def char_checkpoint(tmp_path_factory):
-    """The tiny official-format fixture (50 tokens) with the offline char tokenizer (28 ids)."""
-    path = tmp_path_factory.mktemp("ckpt") / "sedd_tiny_char"
-    path.mkdir()
-    config = json.loads((TINY_CHECKPOINT / "config.json").read_text())
-    config["data"]["tokenizer"] = "char"
-    (path / "config.json").write_text(json.dumps(config))
-    os.symlink(TINY_CHECKPOINT / "pytorch_model.bin", path / "pytorch_model.bin")
-    return path
+    return evaluate_testing.char_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 blocks, and both end to end offline (local files and TFDS mock data) with a JSON that names what was used."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from sedd_jax import evaluate, pretrained
 from sedd_jax.data import datasets
-from tests.conftest import TINY_CHECKPOINT
+from tests import evaluate_testing
 from tests.data_testing import write_corpus
 
 LENGTH = 32  # the tiny checkpoint's
@@ -18,14 +17,7 @@ EOS = 27     # the char tokenizer's, also MDLM's BOS here
 
 @pytest.fixture(scope="module")
 def char_checkpoint(tmp_path_factory):
-    """The tiny official-format fixture (50 tokens) with the offline char tokenizer (28 ids)."""
-    path = tmp_path_factory.mktemp("ckpt") / "sedd_tiny_char"
-    path.mkdir()
-    config = json.loads((TINY_CHECKPOINT / "config.json").read_text())
-    config["data"]["tokenizer"] = "char"
-    (path / "config.json").write_text(json.dumps(config))
-    os.symlink(TINY_CHECKPOINT / "pytorch_model.bin", path / "pytorch_model.bin")
-    return path
+    return evaluate_testing.char_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_default_splits_per_protocol():
