@@ -131,7 +131,7 @@ def _divergence_message(step: int, consecutive: int, newest_checkpoint: int | No
 
 def run(trainer: Trainer) -> dict:
     """Trains from `trainer.state` to `training.n_iters`, logging, evaluating, saving and sampling on the
-    config's schedules; stops early (after saving) on SIGTERM. Returns the last logged metrics."""
+    config's schedules; stops early (after saving) on SIGTERM or Ctrl-C. Returns the last logged metrics."""
     t, manager = trainer.config.training, trainer.manager
     n_iters, step, state = int(t.n_iters), int(trainer.state.step), trainer.state
     metrics_log = progress.MetricsLog(trainer.workdir, resumed_at=step)
