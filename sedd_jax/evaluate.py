@@ -35,6 +35,8 @@ import os
 import sys
 import time
 
+from sedd_jax import cli
+
 PROTOCOLS = ("sedd", "mdlm")
 DEFAULT_MC_SAMPLES = 1000  # the paper's (App. C.6)
 DEFAULT_SAMPLING_EPS = 1e-3  # the reference's loss
@@ -300,7 +302,8 @@ def _json_safe(value):
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input, checkpoint or data, 2 usage)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         from sedd_jax import parallel
 
         parallel.initialize_processes(args.coordinator_address, args.num_processes, args.process_id)
@@ -316,11 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(_json_safe(report), f, indent=1)
             _log(f"wrote {args.output}")
         print(json.dumps(_json_safe(report)["results"]))
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
 
+    return cli.report_errors(body)
 
 def run() -> None:
     """Console script `sedd-evaluate`."""

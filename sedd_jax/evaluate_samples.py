@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from sedd_jax import categorical, sampling
+from sedd_jax import categorical, cli, sampling
 
 TOKENIZE_MODES = ("auto", "ids", "text")
 MAX_SAMPLES_FILE_BYTES = 4 << 30
@@ -297,7 +297,8 @@ def evaluate(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input, judge or checkpoint, 2 usage)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         record = evaluate(args)
         _log(f"generative perplexity {record['generative_perplexity']:.2f} (mean of per-sample perplexities "
              f"{record['mean_sample_perplexity']:.2f}), unigram entropy {record['unigram_entropy']:.3f} nats, "
@@ -310,11 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(text + "\n")
             _log(f"wrote {args.output}")
         print(json.dumps({k: v for k, v in record.items() if k != "per_sample_perplexity"}))
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError, OSError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 1
-    return 0
 
+    return cli.report_errors(body)
 
 def run() -> None:
     """Console script `sedd-evaluate-samples`."""

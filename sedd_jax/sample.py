@@ -19,7 +19,7 @@ import json
 import sys
 import time
 
-from sedd_jax import categorical, sampling
+from sedd_jax import categorical, cli, sampling
 
 DEFAULT_STEPS = 1024  # the reference's run_sample.py default
 
@@ -130,14 +130,12 @@ def _write(args, rows, texts) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 bad input or checkpoint, 2 usage)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         rows, texts = sample_from_args(args)
         _write(args, rows, texts)
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
 
+    return cli.report_errors(body)
 
 def run() -> None:
     """Console script `sedd-sample`."""
