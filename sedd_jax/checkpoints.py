@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sedd_jax import configs, files
+from sedd_jax import configs, extras, files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -210,7 +211,7 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state) -> None:
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, force: bool = False) -> bool:
     """Saves a TrainState and the data iterator (asynchronously) when the manager's policy says so, or always
     with `force`; returns whether it saves."""
-    import grain
+    grain = extras.require("grain", "saving the data iterator with a training checkpoint")
 
     _check_free_space(manager, step, state)
     items, ema = _split_ema(state)
@@ -392,11 +393,44 @@ def _saved_iterator_state(directory: epath.Path) -> dict:
 
 def load_ema_params(workdir: str):
     """(config, EMA params) of the latest checkpoint of a training workdir, for `pretrained.load`."""
-    from sedd_jax import models, official
+    from sedd_jax import official
 
     if not config_path(workdir).exists():
         raise FileNotFoundError(f"{workdir} has checkpoints/ but no {CONFIG_FILE}; it is not a sedd-jax workdir")
     config = official.config_from_dict(official.read_json(str(config_path(workdir))), str(config_path(workdir)))
+    with _absl_silenced(*READ_NOTICES):
+        return config, _read_ema(workdir, config)
+
+
+# What orbax logs (as warnings) on every read of a finished workdir: the read-only manager it was asked for, and
+# the EMA item read alone (its metadata file sits one level up). Nothing is wrong in either case.
+READ_NOTICES = ("Given directory is read only", "Metadata file does not exist")
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _absl_silenced(*prefixes: str):
+    """Within the block, absl log records (orbax logs through absl) starting with any of `prefixes` are dropped."""
+    drop = _DropPrefixes(prefixes)
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _read_ema(workdir: str, config):
+    from sedd_jax import models
+
     manager = create_manager(workdir, config, read_only=True)
     step = manager.latest_step()
     if step is None:
@@ -408,15 +442,22 @@ def load_ema_params(workdir: str):
     models.check_param_shapes(getattr(stored, "tree", stored), target, str(ema_path))
     ema = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))["ema"]
     manager.close()
-    return config, ema
+    return ema
 
 
 @contextlib.contextmanager
 def exit_on_sigterm(when: str):
     """Within the block, SIGTERM (in the main thread) prints one line and raises SystemExit(143), so the code
-    running unwinds through its `finally` clauses (temporary files removed, the workdir lock released)."""
+    running unwinds through its `finally` clauses (temporary files removed, the workdir lock released).
+
+    Python drops an exception raised where it cannot propagate (a signal that lands in a garbage-collection
+    callback or a `__del__`); such a SIGTERM raises again when the block ends."""
+    received = []
+
     def stop(signum, frame):
-        print(f"stopped by SIGTERM {when}", flush=True)
+        if not received:
+            print(f"stopped by SIGTERM {when}", flush=True)
+        received.append(signum)
         raise SystemExit(128 + signal.SIGTERM)
 
     if threading.current_thread() is not threading.main_thread():
@@ -427,6 +468,8 @@ def exit_on_sigterm(when: str):
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if received:  # the block ended normally: the SystemExit was dropped on the way
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 class PreemptionWatch:

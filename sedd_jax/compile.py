@@ -1,8 +1,9 @@
 """Will a config fit on a TPU slice? Compile the train step ahead of time, without the hardware.
 
-    python -m sedd_jax.compile --config=configs/owt_small.py --topology=v5e:8x8 [--config.mesh.fsdp=4 ...]
+    python -m sedd_jax.compile --config=owt_small --topology=v5e:8x8 [--config.mesh.fsdp=4 ...]   # or sedd-compile
     python -m sedd_jax.compile --config=configs/tiny.py --topology=cpu:8
 
+--config names a shipped config (tiny, owt_small, owt_medium, text8) or a config file.
 --topology names a TPU slice as libtpu does (`v4:2x2x2`, `v5e:4x4`, `v5p:2x2x4`, `v6e:8x8`), compiled by
 libtpu's compiler on this machine (the `[tpu]` extra: `pip install -e ".[tpu]"`; no TPU needed), or `cpu:N`
 for N fake CPU devices. The program is the trainer's (`train_step.compile_train_step`: the same step, shardings,
@@ -28,7 +29,7 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -312,14 +313,11 @@ def format_json(r: CompileReport) -> str:
 
 
 def main(argv):
+    """Expected failures reach `cli.report_errors` (one `error:` line, exit status 1; --verbose: traceback)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        raise ValueError(f"unexpected arguments {argv[1:]}: flags are --name=value")
     logging.set_verbosity(logging.WARNING)
-    try:
-        report = aot_compile(FLAGS.config, FLAGS.topology, config_name=_config_name())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    report = aot_compile(FLAGS.config, FLAGS.topology, config_name=_config_name())
     print({"text": format_text, "markdown": format_markdown, "json": format_json}[FLAGS.format](report))
     sys.exit(0 if report.fits else DOES_NOT_FIT)
 
@@ -359,8 +357,9 @@ def _flag_value(argv, name: str) -> str | None:
 
 def _define_flags() -> None:
     """The command line's flags (defined when it runs, so that importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/owt_small.py).",
-                                    lock_config=True)
+    from sedd_jax.configs import command_line
+
+    config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
     flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8) "
                         "or cpu:N for N fake CPU devices.")
     flags.DEFINE_enum("format", "text", ["text", "markdown", "json"],
@@ -372,7 +371,9 @@ def run():
     """Console script `sedd-compile`."""
     _prepare_environment(sys.argv)
     _define_flags()
-    app.run(main)
+    from sedd_jax.configs import command_line
+
+    command_line.run(main, sys.modules[__name__], "sedd-compile")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
         [--protocol=sedd|mdlm] [--split=test] [--mc_samples=1000] [--seed=0] [--batch_size=16] [--length=1024] \\
         [--t_grid=iid|stratified] [--output=results.json]
 
+(or `sedd-evaluate ...`; `--model_path` is an alias of `--checkpoint`, `--verbose` adds the traceback to an
+error.)
+
 Protocol "sedd" (the paper's zero-shot protocol): the dataset's detokenizer, the checkpoint's tokenizer,
 documents joined with EOS and packed into blocks of the model's length (no padding, no sliding window), EMA
 weights for training workdirs, eval mode (no dropout), K Monte-Carlo draws of (t, x_t) per block. The bound
@@ -28,7 +31,6 @@ the glob or file for files / text8 / lambada). Progress goes to stderr; one JSON
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -48,10 +50,10 @@ PACKINGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sedd_jax.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (official, converted or workdir)")
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser("sedd_jax.evaluate", "sedd-evaluate", __doc__)
+    p.add_argument("--checkpoint", "--model_path", dest="checkpoint", required=True,
+                   help="checkpoint directory (official, converted or workdir)")
     p.add_argument("--dataset", required=True, help="comma-separated dataset names (sedd_jax.data.DATASETS)")
     p.add_argument("--protocol", default="sedd", help=f"one of {PROTOCOLS}")
     p.add_argument("--split", default=None, help="split for every dataset (default: the protocol's per dataset)")
@@ -65,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files", default=None, help="data.files: glob for 'files', the file for text8 / lambada")
     p.add_argument("--cache_dir", default=None, help="TFDS data_dir and token caches (default ~/tensorflow_datasets)")
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading a missing dataset")
-    p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the network's compute dtype (bfloat16: the reference's autocast policy)")
     p.add_argument("--output", default=None, help="write the results as JSON to this file")
     p.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0 of a multi-host evaluation "
                    "(with --num_processes, --process_id; TPU pod slices and SLURM are detected without them)")
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"wrote {args.output}")
         print(json.dumps(_json_safe(report)["results"]))
 
-    return cli.report_errors(body)
+    return cli.report_errors(body, args.verbose)
 
 def run() -> None:
     """Console script `sedd-evaluate`."""

@@ -5,6 +5,9 @@
         --steps=1024 --predictor=analytic [--method=unbiased|reference] [--batch_size=8] [--seed=0] \\
         [--output=gen_ppl.json]
 
+(or `sedd-evaluate-samples ...`; `--model_path` is an alias of `--checkpoint`, `--verbose` adds the traceback
+to an error.)
+
 The judge is a Hugging Face GPT-2 directory read by `sedd_jax.judge` (no torch): `huggingface-cli download
 gpt2-large config.json model.safetensors --local-dir gpt2-large` fetches the paper's. Samples come from a
 `python -m sedd_jax.sample --output=FILE.jsonl` file (one JSON object per line with `ids`, and `text` unless
@@ -26,7 +29,6 @@ that a judge can score well); and the settings (steps, predictor, method, precis
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import math
@@ -36,23 +38,26 @@ import time
 
 import numpy as np
 
-from sedd_jax import categorical, cli, sampling
+from sedd_jax import categorical, cli, sample, sampling
 
 TOKENIZE_MODES = ("auto", "ids", "text")
 MAX_SAMPLES_FILE_BYTES = 4 << 30
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sedd_jax.evaluate_samples", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser("sedd_jax.evaluate_samples", "sedd-evaluate-samples", __doc__)
     p.add_argument("--judge", required=True, help="GPT-2 directory (config.json + model.safetensors)")
     p.add_argument("--samples", default=None, help="a .jsonl file written by `sedd_jax.sample --output`")
-    p.add_argument("--checkpoint", default=None, help="sample here from this checkpoint instead of --samples")
+    p.add_argument("--checkpoint", "--model_path", dest="checkpoint", default=None,
+                   help="sample here from this checkpoint instead of --samples")
     p.add_argument("--num_samples", type=int, default=None, help="samples to draw from --checkpoint")
-    p.add_argument("--steps", type=int, default=None, help="predictor steps (default 1024, sedd_jax.sample's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"predictor steps (default: {sample.DEFAULT_STEPS}, the reference's run_sample.py default, for "
+                        "every checkpoint so that figures compare; sedd-sample's follows the checkpoint's config)")
     p.add_argument("--predictor", default="analytic", help="analytic or euler")
     p.add_argument("--method", default="unbiased", help=f"categorical draw, one of {categorical.METHODS}")
-    p.add_argument("--length", type=int, default=None, help="sample length (default: the model's)")
+    p.add_argument("--length", type=int, default=None,
+                   help="sample length (default: the model's; longer ones extrapolate its rotary positions)")
     p.add_argument("--eps", type=float, default=1e-5, help="final time of the sampling grid")
     p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"),
                    help="the sampling model's compute dtype")
@@ -216,8 +221,6 @@ def _check_args(args) -> None:
         raise ValueError(f"--predictor must be analytic or euler, got {args.predictor!r}")
     categorical.check_method(args.method)
     if args.steps is None:
-        from sedd_jax import sample
-
         args.steps = sample.DEFAULT_STEPS
     sampling.check_steps(args.steps)
     if args.length is not None and args.length < 1:
@@ -267,7 +270,7 @@ def evaluate(args) -> dict:
                    f"({judge.vocab_size} tokens), so its samples must be re-tokenized as text; " if not same else "")
             tokenizer = judge_tokenizer(judge, args.cache_dir, why)  # fail before sampling
             _ = model.tokenizer  # load it (or fail) before sampling, too
-        length = int(args.length or model.config.model.length)
+        length = sample.check_length(args.length, int(model.config.model.length))
         _log(f"sampling {args.num_samples} x {length} tokens, {args.steps} {args.predictor} steps, {args.method} "
              "draws (the first batch compiles the sampler)")
         sample_rows = draw(args, model, length)
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"wrote {args.output}")
         print(json.dumps({k: v for k, v in record.items() if k != "per_sample_perplexity"}))
 
-    return cli.report_errors(body)
+    return cli.report_errors(body, args.verbose)
 
 def run() -> None:
     """Console script `sedd-evaluate-samples`."""

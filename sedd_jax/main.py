@@ -1,4 +1,7 @@
-"""Train a SEDD model: `python -m sedd_jax.main --config=configs/tiny.py --workdir=runs/tiny`.
+"""Train a SEDD model: `python -m sedd_jax.main --config=tiny --workdir=runs/tiny` (or `sedd-train ...`).
+
+--config names a shipped config (tiny, owt_small, owt_medium, text8: `sedd_jax/configs/`) or a config file
+(`--config=configs/tiny.py`, or your own .py with a `get_config()`).
 
 Run the same command on every host of a TPU pod (the hosts find each other). Elsewhere, join several
 processes explicitly: `--coordinator_address=HOST0:PORT --num_processes=N --process_id=I` (I = 0 on HOST0).
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Training config file (e.g. configs/tiny.py).", lock_config=True)
+from sedd_jax.configs import command_line
+
+config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples (resumed if it has a run).")
 flags.DEFINE_bool("distributed", None, "Join the processes of a multi-host run with jax.distributed (default: "
                   "when a TPU pod slice or SLURM job is detected, or --coordinator_address is given).")
@@ -29,25 +34,25 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    """Expected failures (bad config or data, a full disk, divergence, a missing extra) reach `cli.report_errors`:
+    one `error:` line, exit status 1 (the traceback with --verbose)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        raise ValueError(f"unexpected arguments {argv[1:]}: flags are --name=value")
     logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO; progress is printed
-    from sedd_jax import files, parallel, train
+    from sedd_jax import parallel, train
 
     try:
         parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                       FLAGS.distributed, FLAGS.heartbeat_timeout)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, MemoryError, files.DiskFullError, train.TrainingDivergedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); rerun the same command to resume from the newest checkpoint", file=sys.stderr)
         sys.exit(130)
 
 
 def run():
-    app.run(main)
+    """Console script `sedd-train`."""
+    command_line.run(main, sys.modules[__name__], "sedd-train")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,16 @@ import numpy as np
 
 from sedd_jax import graphs, models, noise as noise_lib, official
 
+MASK_TEXT = "\u2591"   # "░": how decoded frames show a masked position
+
 @dataclasses.dataclass
 class Pretrained:
     """A loaded checkpoint: config, float32 params, graph, noise and jitted score functions.
 
     log_score(x: int[B, L], sigma: float[B]) -> float[B, L, graph.dim] (compute dtype; entry at x is 0)
     score(x, sigma) -> exp(log_score), float32 positive ratios.
+    score_fn: the same function as a `jax.tree_util.Partial` over the params, for samplers under `jax.jit`:
+    `jax.jit(sampling.get_pc_sampler(...))(model.score_fn, key)`.
     """
 
     config: ml_collections.ConfigDict
@@ -47,12 +51,19 @@ class Pretrained:
     def __post_init__(self):
         apply = functools.partial(self.model.apply, train=False)
         self._log_score = jax.jit(lambda params, x, sigma: apply({"params": params}, x, sigma))
+        self._exp_score = functools.partial(models.exp_score, self.model)  # one object: jit caches key on it
 
     def log_score(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         return self._log_score(self.params, x, sigma)
 
     def score(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         return jnp.exp(self.log_score(x, sigma).astype(jnp.float32))
+
+    @property
+    def score_fn(self) -> jax.tree_util.Partial:
+        """`score_fn(x: int32[B, L], sigma: float32[B]) -> float32[B, L, graph.dim]` positive ratios, a pytree
+        whose leaves are the current params (traced under `jax.jit`, never baked into the program)."""
+        return jax.tree_util.Partial(self._exp_score, self.params)
 
     @functools.cached_property
     def tokenizer(self):
@@ -115,15 +126,41 @@ class Pretrained:
                progress_every: int = 0) -> tuple[np.ndarray, list[str]]:
         """Samples `batch_size` sequences of `length` (default model.length) tokens, clamping the tokenized
         `prefix` at the start and `suffix` at the end. Returns (ids int32 `[B, L]`, decoded texts)."""
+        ids = self._sample_ids(key, batch_size, steps, predictor, prefix, suffix, length=length, method=method,
+                               progress_every=progress_every)
+        return ids, [self.tokenizer.decode(row.tolist()) for row in ids]
+
+    def sample_frames(self, key, steps: int, num_frames: int, batch_size: int = 1, predictor: str = "analytic",
+                      prefix: str | None = None, suffix: str | None = None, *, length: int | None = None,
+                      method: str = "unbiased", mask_text: str = MASK_TEXT) -> tuple[np.ndarray, list[list[str]]]:
+        """The reverse process of `sample`: the same draw (same key and settings give the same final sample)
+        seen at `num_frames` (2 to steps + 1) evenly spaced steps, from the limit sample (all MASK for absorb,
+        but the prefix and suffix) to the final sample. Returns (frames int32 `[num_frames, B, L]`,
+        texts[frame][row]) with each MASK shown as `mask_text`."""
+        _, frames = self._sample_ids(key, batch_size, steps, predictor, prefix, suffix, length=length, method=method,
+                                     frames=num_frames)
+        return frames, [[self.decode_masked(row, mask_text) for row in frame] for frame in frames]
+
+    def decode_masked(self, ids, mask_text: str = MASK_TEXT) -> str:
+        """Decodes int `[L]` ids with each absorbing MASK shown as `mask_text` (the runs between masks are
+        decoded separately, so a token split by a mask shows in pieces)."""
+        ids = np.asarray(ids).reshape(-1)
+        if not self.graph.absorb:
+            return self.tokenizer.decode(ids.tolist())
+        is_mask = ids == self.graph.tokens
+        runs = np.split(ids, np.flatnonzero(np.diff(is_mask.astype(np.int8))) + 1)
+        return "".join(mask_text * len(run) if run[0] == self.graph.tokens else self.tokenizer.decode(run.tolist())
+                       for run in runs if len(run))
+
+    def _sample_ids(self, key, batch_size, steps, predictor, prefix, suffix, *, length, method,
+                    progress_every: int = 0, frames: int = 0):
+        """sampling.sample_sequences with this model's score function and the tokenized prefix and suffix."""
         from sedd_jax import sampling
 
         encode = lambda text: self.tokenizer.encode(text) if text else None
-        prefix_ids, suffix_ids = encode(prefix), encode(suffix)
-        ids = sampling.sample_sequences(
-            jax.tree_util.Partial(functools.partial(models.exp_score, self.model), self.params), self.graph, self.noise, key, batch_size,
-            int(length or self.config.model.length), steps, predictor, prefix_ids, suffix_ids, method=method,
-            progress_every=progress_every)
-        return ids, [self.tokenizer.decode(row.tolist()) for row in ids]
+        return sampling.sample_sequences(
+            self.score_fn, self.graph, self.noise, key, batch_size, int(length or self.config.model.length), steps,
+            predictor, encode(prefix), encode(suffix), method=method, progress_every=progress_every, frames=frames)
 
 
 def _describe_contents(path: str) -> str:

@@ -8,20 +8,64 @@ eval_loss_ci95 and eval_ppl_bound; non-finite values are null and named in "nonf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from typing import Iterator, TextIO
 
 import jax
 import numpy as np
-from clu import periodic_actions
 from etils import epath
+
+from sedd_jax import extras
+
+periodic_actions = extras.require("clu.periodic_actions", "training")
+
+
+LOG_FILE = "train.log"
+_log_files: list[TextIO] = []
 
 
 def log(message: str) -> None:
-    """Prints on process 0."""
-    if jax.process_index() == 0:
-        print(message, flush=True)
+    """Prints on process 0, and appends the line, time-stamped, to the open `log_file`s."""
+    if jax.process_index() != 0:
+        return
+    print(message, flush=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    for f in _log_files:
+        f.write("".join(f"{stamp} {line}\n" for line in message.splitlines()))
+        f.flush()
+
+
+@contextlib.contextmanager
+def log_file(workdir: str) -> Iterator[None]:
+    """Within the block, `log` lines also go to workdir/train.log (appended; process 0; not on gs:// and other
+    object stores, which cannot append). An exception leaving the block is logged there as its last line."""
+    if jax.process_index() != 0 or "://" in str(workdir):
+        yield
+        return
+    path = epath.Path(workdir) / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        _log_files.append(f)
+        try:
+            yield
+        except BaseException as e:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stopped: {type(e).__name__}: "
+                    f"{' '.join(str(e).split())}\n")
+            raise
+        finally:
+            _log_files.remove(f)
+
+
+def config_lines(config) -> list[str]:
+    """A config as one line per section (`model: hidden_size=128, n_heads=4, ...`), top-level fields first."""
+    d = config.to_dict()
+    top = ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict))
+    return ([f"config: {top}"] if top else []) + [
+        f"  {k}: " + ", ".join(f"{f}={v}" for f, v in section.items())
+        for k, section in d.items() if isinstance(section, dict)]
 
 
 def format_bytes(n: float) -> str:
@@ -67,7 +111,7 @@ class MetricsLog:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from clu import metric_writers
+        metric_writers = extras.require("clu.metric_writers", "training metrics")
 
         self._path = epath.Path(workdir) / "metrics.jsonl"
         self._append = "://" not in str(workdir)
@@ -92,6 +136,11 @@ class MetricsLog:
             self._lines.append(line)
             self._path.write_text("\n".join(self._lines) + "\n")
         self.writer.write_scalars(step, {k: v for k, v in scalars.items() if k not in nonfinite})
+
+    def write_texts(self, step: int, texts: dict[str, str]) -> None:
+        """Texts for TensorBoard's text tab (e.g. the samples of a snapshot)."""
+        if self.enabled:
+            self.writer.write_texts(step, texts)
 
     def close(self) -> None:
         if self.enabled:
@@ -135,11 +184,15 @@ class TrainProgress(periodic_actions.PeriodicAction):
         self.scalars = scalars
 
 
-def write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer) -> None:
-    """workdir/samples/iter_<step>.txt: the decoded rows of int32[N, L] `tokens`."""
+def write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer, metrics_log: MetricsLog | None = None):
+    """workdir/samples/iter_<step>.txt: the decoded rows of int32[N, L] `tokens`; also to TensorBoard's text tab
+    (tag "samples") through `metrics_log`."""
     if jax.process_index() != 0:
         return
     directory = epath.Path(workdir) / "samples"
     directory.mkdir(parents=True, exist_ok=True)
-    text = "".join(f"=== sample {i} ===\n{tokenizer.decode([int(t) for t in row])}\n" for i, row in enumerate(tokens))
-    (directory / f"iter_{step}.txt").write_text(text)
+    texts = [tokenizer.decode([int(t) for t in row]) for row in tokens]
+    (directory / f"iter_{step}.txt").write_text("".join(f"=== sample {i} ===\n{text}\n" for i, text in enumerate(texts)))
+    if metrics_log is not None:  # markdown: each sample as a code block, so its spacing and symbols survive
+        metrics_log.write_texts(step, {"samples": "\n\n".join(f"sample {i}:\n\n```\n{text}\n```"
+                                                                for i, text in enumerate(texts))})

@@ -3,8 +3,11 @@
     python -m sedd_jax.sample --checkpoint=sedd-small --batch_size=4 --steps=256 --predictor=analytic \\
         [--prefix="Hi, my name is"] [--suffix=" and that's why I'm late."] [--seed=0] [--output=samples.jsonl]
 
-PATH is anything `pretrained.load` reads: an official-format directory (`huggingface-cli download
-louaaron/sedd-small --local-dir sedd-small` fetches one), a `sedd_jax.convert` output or a training workdir.
+(or `sedd-sample ...`). PATH (alias --model_path, the official scripts' name) is anything `pretrained.load`
+reads: an official-format directory (`huggingface-cli download louaaron/sedd-small --local-dir sedd-small`
+fetches one), a `sedd_jax.convert` output or a training workdir. `--steps` defaults to the checkpoint config's
+`sampling.steps` when it records one, else 1024 (the reference's run_sample.py default). `--length` may exceed
+the model's trained length (with a warning: rotary positions beyond it extrapolate and quality degrades).
 Samples are decoded with the checkpoint's tokenizer (GPT-2 for official checkpoints: it is fetched from the
 network once; offline, the error says what to pre-download) and printed, separated by lines of '='.
 `--ids_only` skips the tokenizer and prints token ids (prompts then come as `--prefix_ids=1,2,3`).
@@ -13,7 +16,6 @@ network once; offline, the error says what to pre-download) and printed, separat
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -24,25 +26,29 @@ from sedd_jax import categorical, cli, sampling
 DEFAULT_STEPS = 1024  # the reference's run_sample.py default
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sedd_jax.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (official, converted or workdir)")
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser("sedd_jax.sample", "sedd-sample", __doc__)
+    p.add_argument("--checkpoint", "--model_path", dest="checkpoint", required=True,
+                   help="checkpoint directory (official, converted or workdir)")
     p.add_argument("--batch_size", type=int, default=1, help="number of samples")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="predictor steps (>= 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="predictor steps, >= 1 (default: the checkpoint config's sampling.steps when it records one, "
+                        f"else {DEFAULT_STEPS}, the reference's run_sample.py default)")
     p.add_argument("--predictor", default="analytic", help=f"one of {sampling.PREDICTORS}")
     p.add_argument("--prefix", default=None, help="text clamped at the start of every sample")
     p.add_argument("--suffix", default=None, help="text clamped at the end of every sample")
     p.add_argument("--prefix_ids", default=None, help="comma-separated token ids clamped at the start")
     p.add_argument("--suffix_ids", default=None, help="comma-separated token ids clamped at the end")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
-    p.add_argument("--length", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument("--length", type=int, default=None,
+                   help="sequence length (default: the model's; longer ones extrapolate its rotary positions)")
     p.add_argument("--method", default="unbiased",
                    help=f"categorical draw, one of {categorical.METHODS} ('reference' reproduces the official "
                         "float32 Gumbel race, which under-samples low-probability tokens)")
     p.add_argument("--eps", type=float, default=1e-5, help="final time of the grid linspace(1, eps, steps + 1)")
     p.add_argument("--no_denoise", action="store_true", help="skip the final denoising step")
-    p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the network's compute dtype (bfloat16: the reference's autocast policy)")
     p.add_argument("--ids_only", action="store_true", help="print token ids; do not load a tokenizer")
     p.add_argument("--output", default=None, help="also write the samples to this .jsonl file")
     p.add_argument("--progress_every", type=int, default=None,
@@ -63,11 +69,35 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def default_steps(config) -> tuple[int, str]:
+    """The `--steps` default for a checkpoint and where it comes from: its config's `sampling.steps` (training
+    workdirs and official configs record the steps they sample with), else DEFAULT_STEPS."""
+    sampling_config = config.get("sampling")
+    steps = sampling_config.get("steps") if hasattr(sampling_config, "get") else None
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+        return steps, "the checkpoint config's sampling.steps"
+    return DEFAULT_STEPS, "the reference's run_sample.py default; the checkpoint config has no sampling.steps"
+
+
+def check_length(length: int | None, model_length: int) -> int:
+    """The sequence length to sample: `length` (>= 1, checked by the caller before loading), default
+    `model_length`; above `model_length`, the length the model was trained at, a one-line warning on stderr."""
+    if length is None:
+        return model_length
+    if length > model_length:
+        _log(f"warning: --length={length} is longer than the model's trained length {model_length}: rotary "
+             f"positions beyond {model_length} extrapolate and sample quality degrades")
+    return length
+
+
 def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     """Loads the checkpoint and samples; raises ValueError/FileNotFoundError/... with a message for the user."""
     if args.predictor not in sampling.PREDICTORS:
         sampling.check_predictor(args.predictor)
-    sampling.check_steps(args.steps)
+    if args.steps is not None:
+        sampling.check_steps(args.steps)
+    if args.length is not None and args.length < 1:
+        raise ValueError(f"--length must be >= 1, got {args.length}")
     categorical.check_method(args.method)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
@@ -83,9 +113,13 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
 
     start = time.time()
     model = pretrained.load(args.checkpoint, compute_dtype=args.compute_dtype)
-    length = int(args.length or model.config.model.length)
-    _log(f"loaded {args.checkpoint} ({model.config.graph.type} graph, {model.config.tokens} tokens, length {length}) "
-         f"in {time.time() - start:.1f}s")
+    _log(f"loaded {args.checkpoint} ({model.config.graph.type} graph, {model.config.tokens} tokens, length "
+         f"{model.config.model.length}) in {time.time() - start:.1f}s")
+    length = check_length(args.length, int(model.config.model.length))
+    steps_note = ""
+    if args.steps is None:
+        args.steps, source = default_steps(model.config)  # args.steps is recorded in --output
+        steps_note = f" ({source}; --steps to change)"
     tokenizer = None
     if not args.ids_only:
         tokenizer = model.tokenizer  # fail before sampling when it cannot be loaded (e.g. offline)
@@ -97,7 +131,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
     score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model.model), model.params)
-    _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps "
+    _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps{steps_note} "
          "(the first call compiles the sampler)")
     start = time.time()
     ids = sampling.sample_sequences(score_fn, model.graph, model.noise, jax.random.key(args.seed), args.batch_size,
@@ -135,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, texts = sample_from_args(args)
         _write(args, rows, texts)
 
-    return cli.report_errors(body)
+    return cli.report_errors(body, args.verbose)
 
 def run() -> None:
     """Console script `sedd-sample`."""

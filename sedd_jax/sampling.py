@@ -5,7 +5,13 @@ A score function is any `score_fn(x: int32[B, L], sigma: float32[B]) -> float[B,
 concrete score (positive ratios p_t(x with x_l := y) / p_t(x)); for a network, exp of its log-score.
 
     sampler = get_pc_sampler(graph, noise, (B, L), "analytic", steps)
-    tokens = jax.jit(sampler)(score_fn, key)                    # int32 [B, L]
+    tokens = sampler(score_fn, key)                             # int32 [B, L]
+    tokens = jax.jit(sampler)(jax.tree_util.Partial(score_fn), key)   # the same, compiled
+
+`jax.jit` takes arrays and pytrees, not functions: pass the score function as a `jax.tree_util.Partial`
+(a pytree: `Partial(fn, params)` makes params a traced argument; `pretrained.Pretrained.score_fn` is one),
+or close over it: `jax.jit(lambda key: sampler(score_fn, key))`. With `frames=k` the sampler also returns
+the state at k evenly spaced steps (the reverse process, `[k, B, L]`), recorded inside the same loop.
 
 The loop is a `lax.scan` over steps (one trace, one compile). Time runs on the grid
 `linspace(1, eps, steps + 1)`; step i uses t_i and dt = (1 - eps) / steps, with key `fold_in(key, i)`.
@@ -163,20 +169,40 @@ def _progress_printer(steps: int):
     return report
 
 
+def check_frames(frames, steps: int) -> int:
+    """frames: 0 (none) or 2 <= frames <= steps + 1 (the states a run passes through)."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not (
+            frames == 0 or 2 <= frames <= steps + 1):
+        raise ValueError(f"frames must be 0 (none) or an integer from 2 to steps + 1 = {steps + 1} (the first state, "
+                         f"the final sample and states between), got {frames!r}")
+    return int(frames)
+
+
+def frame_steps(frames: int, steps: int) -> np.ndarray:
+    """The states recorded as frames: int `[frames]`, evenly spaced in 0..steps (state 0: the projected limit
+    sample before the first step; state i: after predictor step i; state `steps`: the final sample)."""
+    return np.round(np.linspace(0, steps, frames)).astype(np.int32)
+
+
 def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise: bool = True, eps: float = 1e-5,
                    proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0,
-                   batch_sharding: Optional[jax.sharding.Sharding] = None):
-    """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function.
+                   batch_sharding: Optional[jax.sharding.Sharding] = None, frames: int = 0):
+    """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function (to `jax.jit` it, pass
+    score_fn as a `jax.tree_util.Partial`: see the module docstring).
 
     graph, noise: from `graphs.get_graph` / `noise.get_noise`; batch_dims: (B, L); predictor: "euler",
     "analytic" or "none"; steps >= 1 predictor steps on `linspace(1, eps, steps + 1)`; denoise: finish
     with the denoiser at t = eps; proj_fun: `int[B, L] -> int[B, L]` clamp (e.g. `get_infill_projector`);
     method: categorical draw, "unbiased" or "reference"; progress_every: if > 0, print the step to stderr
     every this many steps (a host callback); batch_sharding: a sharding of `[B, L]` (e.g. the batch axis over a
-    mesh) the state is constrained to, so each device samples its share of the batch.
+    mesh) the state is constrained to, so each device samples its share of the batch; frames: if k > 0 (2 to
+    steps + 1), the sampler returns `(tokens int32[B, L], frames int32[k, B, L])`, the projected state at the
+    `frame_steps(k, steps)` (the first frame is the limit sample, all MASK for absorb but clamped tokens;
+    the last is `tokens`), recorded in the loop.
     """
     predictor_fn = PREDICTOR_FNS[check_predictor(predictor)]
     steps = check_steps(steps)
+    frames = check_frames(frames, steps)
     eps = _check_eps(eps)
     categorical.check_method(method)
     batch_dims = tuple(int(d) for d in batch_dims)
@@ -189,25 +215,45 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
     def constrain(x):
         return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
 
-    def sampler(score_fn: ScoreFn, key: jax.Array) -> jax.Array:
+    # frame_slot[s]: the frame that records state s, or -1 (the final sample goes into the last frame).
+    frame_slot = np.full(steps + 1, -1, np.int32)
+    frame_slot[frame_steps(frames, steps)] = np.arange(frames, dtype=np.int32)
+
+    def record(recorded, x, state):
+        """recorded `[k, B, L]` with the frame of `state` (if any) set to x."""
+        slot = jnp.asarray(frame_slot)[state]
+        index = jnp.maximum(slot, 0)
+        return recorded.at[index].set(jnp.where(slot >= 0, x, recorded[index]))
+
+    def sampler(score_fn: ScoreFn, key: jax.Array):
         timesteps = jnp.linspace(1.0, eps, steps + 1, dtype=jnp.float32)
         dt = (1.0 - eps) / steps
         x = constrain(graph.sample_limit(jax.random.fold_in(key, steps + 1), *batch_dims).astype(jnp.int32))
+        recorded = jnp.zeros((frames, *batch_dims), jnp.int32)
+        if frames:
+            recorded = recorded.at[0].set(proj(x))
 
-        def body(x, i):
+        def body(carry, i):
+            x, recorded = carry
             t = jnp.full(batch_dims[:1], timesteps[i], jnp.float32)
             x = proj(x)
             x = predictor_fn(graph, noise, score_fn, jax.random.fold_in(key, i), x, t, dt, method)
             if report is not None:
                 jax.lax.cond((i + 1) % progress_every == 0, lambda: jax.debug.callback(report, i), lambda: None)
-            return constrain(x.astype(jnp.int32)), None
+            x = constrain(x.astype(jnp.int32))
+            if frames:
+                recorded = record(recorded, proj(x), i + 1)
+            return (x, recorded), None
 
-        x, _ = jax.lax.scan(body, x, jnp.arange(steps, dtype=jnp.int32))
+        (x, recorded), _ = jax.lax.scan(body, (x, recorded), jnp.arange(steps, dtype=jnp.int32))
         if denoise:
             x = proj(x)
             t = jnp.full(batch_dims[:1], timesteps[-1], jnp.float32)
             x = denoise_step(graph, noise, score_fn, jax.random.fold_in(key, steps), x, t, method)
-        return proj(x).astype(jnp.int32)
+        x = proj(x).astype(jnp.int32)
+        if frames:
+            return x, recorded.at[-1].set(x)
+        return x
 
     return sampler
 
@@ -264,16 +310,17 @@ def _as_pytree_score_fn(score_fn) -> jax.tree_util.Partial:
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "noise", "batch_dims", "predictor", "steps", "denoise", "eps",
-                                             "method", "positions", "progress_every", "shard_batch"))
+                                             "method", "positions", "progress_every", "shard_batch",
+                                             "frames"))
 def _sample_jit(score_fn, key, clamp_ids, *, graph, noise, batch_dims, predictor, steps, denoise, eps, method,
-                positions, progress_every, shard_batch):
+                positions, progress_every, shard_batch, frames):
     proj = get_infill_projector(np.asarray(positions, np.int32), clamp_ids) if positions else None
     sharding = None
     if shard_batch:
         mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch", None))
     sampler = get_pc_sampler(graph, noise, batch_dims, predictor, steps, denoise=denoise, eps=eps, proj_fun=proj,
-                             method=method, progress_every=progress_every, batch_sharding=sharding)
+                             method=method, progress_every=progress_every, batch_sharding=sharding, frames=frames)
     return sampler(score_fn, key)
 
 
@@ -292,8 +339,10 @@ def _as_key(key) -> jax.Array:
 def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, length: int, steps: int,
                      predictor: str = "analytic", prefix_ids=None, suffix_ids=None, *, denoise: bool = True,
                      eps: float = 1e-5, method: str = "unbiased", positions=None, ids=None,
-                     progress_every: int = 0) -> np.ndarray:
-    """Samples `batch_size` sequences of `length` tokens: int32 numpy `[batch_size, length]`.
+                     progress_every: int = 0, frames: int = 0):
+    """Samples `batch_size` sequences of `length` tokens: int32 numpy `[batch_size, length]`; with `frames=k`
+    (2 to steps + 1), also the reverse process: `(tokens, frames int32 numpy [k, batch_size, length])`, the
+    state at `frame_steps(k, steps)` (see `get_pc_sampler`).
 
     score_fn: `(x: int32[B, L], sigma: float32[B]) -> float[B, L, graph.dim]` positive ratios (a
     `jax.tree_util.Partial` keeps its bound arguments, e.g. params, out of the compiled program).
@@ -304,6 +353,7 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
     """
     check_predictor(predictor)
     steps = check_steps(steps)
+    frames = check_frames(frames, steps)
     eps = _check_eps(eps)
     categorical.check_method(method)
     for name, value in (("batch_size", batch_size), ("length", length)):
@@ -329,8 +379,8 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
                       graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
                       steps=steps, denoise=bool(denoise), eps=eps, method=method,
                       positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every),
-                      shard_batch=_shard_batch(int(batch_size)))
-    out = np.asarray(out, np.int32)
+                      shard_batch=_shard_batch(int(batch_size)), frames=frames)
+    out = jax.tree.map(lambda a: np.asarray(a, np.int32), out)
     if progress_every:
         jax.effects_barrier()  # flush the progress callbacks before returning
     return out

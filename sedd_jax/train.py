@@ -4,7 +4,8 @@ restored state, checkpoint manager) then `run` (the loop).
 The steps are pure (sedd_jax.train_step), and so are the optimizer, EMA and skipped updates
 (sedd_jax.train_state); side effects (data, checkpoints, metrics, samples) live only in `run`.
 
-Workdir outputs: checkpoints/ (see sedd_jax.checkpoints), metrics.jsonl and TensorBoard events (see
+Workdir outputs: checkpoints/ and config.json (see sedd_jax.checkpoints), metrics.jsonl, TensorBoard events
+(scalars, and the snapshot samples as text) and train.log (the console lines, time-stamped; see
 sedd_jax.progress), samples/iter_<step>.txt.
 """
 
@@ -162,7 +163,7 @@ def run(trainer: Trainer) -> dict:
                     checkpoints.save(manager, step, state, trainer.data.train_iter, force=True)
                 if trainer.sampler is not None and (step % t.snapshot_freq == 0 or step == n_iters):
                     tokens = np.asarray(trainer.sampler(state.ema, jax.random.fold_in(trainer.keys["sample"], step)))
-                    progress.write_samples(trainer.workdir, step, tokens, trainer.data.tokenizer)
+                    progress.write_samples(trainer.workdir, step, tokens, trainer.data.tokenizer, metrics_log)
                 if stopping:
                     progress.log(f"stop signal (SIGTERM or Ctrl-C): saved step {step}; rerun the same command to "
                                  "resume")
@@ -181,7 +182,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`, holding its lock (one trainer per workdir); returns the last
     logged metrics. A SIGTERM before the first step exits (status 143) with temporary files removed."""
     configs.validate(config)
-    with checkpoints.WorkdirLock(workdir):
+    with checkpoints.WorkdirLock(workdir), progress.log_file(workdir):
+        progress.log(f"sedd-jax training in {workdir} (this log: {workdir}/{progress.LOG_FILE})")
+        progress.log("\n".join(progress.config_lines(config)))
         with checkpoints.exit_on_sigterm("before the first step; nothing to save"):
             trainer = setup(config, workdir)
         try:

@@ -28,7 +28,8 @@ SLOW_MODULES = {"test_train.py", "test_train_step.py", "test_multiprocess_train.
                 "test_compile_slices.py",
                 "test_notebook.py", "test_data_multiprocess.py", "test_sample_cli.py", "test_pretrained.py",
                 "test_model_execution.py", "test_launch.py", "test_sampling.py", "test_evaluate.py",
-                "test_evaluate_protocols.py"}
+                "test_evaluate_protocols.py", "test_cli.py", "test_core_install.py",
+                "test_readme.py"}
 
 
 def pytest_collection_modifyitems(config, items):

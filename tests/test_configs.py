@@ -1,8 +1,10 @@
-"""configs.flatten and configs.config_changes: what resuming a workdir compares against its config.json."""
+"""configs.flatten and configs.config_changes (what resuming a workdir compares against its config.json); the
+shipped configs and `--config=NAME`."""
 
 import json
 
 import ml_collections
+import pytest
 
 from sedd_jax import configs
 
@@ -49,3 +51,49 @@ def test_config_changes_refuses_meaning_fields_and_allows_the_rest():
     assert refused == {"model.hidden_size": (768, 1024), "noise.type": ("loglinear", "geometric")}
     assert allowed == {"model.remat": ("dots_no_batch", "full"), "optim.lr": (3e-4, 1e-4)}
     assert list(refused) == sorted(refused) and list(allowed) == sorted(allowed)
+
+
+# ------------------------------------------------------------------------------------- shipped configs
+
+def test_shipped_configs_are_package_modules_re_exported_by_configs_dir(tmp_path, monkeypatch):
+    import importlib
+
+    for name in configs.SHIPPED:
+        shipped = importlib.import_module(f"sedd_jax.configs.{name}")
+        assert importlib.import_module(f"configs.{name}").get_config is shipped.get_config
+        assert configs.config_file(name) == shipped.__file__
+        configs.validate(shipped.get_config(), device_count=1, process_count=1)
+    assert configs.config_file("tiny:arg") == configs.config_file("tiny") + ":arg"  # get_config's argument kept
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_text("")  # an existing file is used as given, even with a shipped config's name
+    assert configs.config_file("tiny") == "tiny"
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+    with pytest.raises(ValueError, match=r"^--config=tiny\.py: no such config file and not a shipped config; give a "
+                                         r"path to a config \.py file or one of tiny, owt_small, owt_medium, text8$"):
+        configs.config_file("tiny.py")
+
+
+def test_config_argv_resolves_names_in_every_flag_form():
+    from sedd_jax.configs import command_line
+
+    tiny = configs.config_file("tiny")
+    argv = ["sedd-train", "--config", "tiny", "--config.training.n_iters=3", "-config=owt_small:x", "--workdir=w",
+            "--", "--config=elsewhere"]
+    assert command_line.resolve_config_argv(argv) == [
+        "sedd-train", "--config", tiny, "--config.training.n_iters=3",
+        "-config=" + configs.config_file("owt_small") + ":x", "--workdir=w", "--", "--config=elsewhere"]
+    with pytest.raises(ValueError, match="one of tiny, owt_small"):
+        command_line.resolve_config_argv(["sedd-train", "--config=small"])
+
+
+def test_command_line_refuses_unknown_config_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sedd_jax.main", "--config=small", f"--workdir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == ("error: --config=small: no such config file and not a shipped config; give a path to a "
+                           "config .py file or one of tiny, owt_small, owt_medium, text8\n")

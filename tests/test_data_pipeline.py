@@ -1,10 +1,11 @@
 """grain pipeline: shapes, per-epoch coverage and reshuffling, resumable state, multi-process sharding."""
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from sedd_jax import data
+from sedd_jax import data, extras
 from sedd_jax.data import pipeline
 
 from tests.data_testing import make_config, write_corpus
@@ -120,3 +121,15 @@ def test_grain_worker_processes_give_the_same_batches_and_state():
         np.testing.assert_array_equal(_ids(resumed, 3), rest)
     finally:
         resumed.close()
+
+
+def test_missing_grain_names_the_train_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "grain", None)  # as if not installed (the core install)
+    with pytest.raises(ImportError) as err:
+        pipeline.make_iterator(_blocks(), batch_size=4, seed=0)
+    assert str(err.value) == 'the training data pipeline needs grain: pip install "sedd-jax[train]"'
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    # a module the optional package itself imports is missing: named too, with the same extra
+    assert extras.missing_message("grain", "the training data pipeline", "array_record.python") == (
+        "the training data pipeline needs grain (which needs the missing module 'array_record'): "
+        'pip install "sedd-jax[train]"')

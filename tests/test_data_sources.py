@@ -7,7 +7,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from sedd_jax import data
+from sedd_jax import data, extras
 from sedd_jax.data import detokenizers, sources
 
 from tests.data_testing import make_config, write_corpus
@@ -141,7 +141,77 @@ def test_text8_missing_without_network(tmp_path, no_network):
         list(sources.load_documents("text8", "train", config))
     msg = str(err.value)
     assert sources.TEXT8_URL in msg and os.path.join(config.data.cache_dir, "text8") in msg
-    assert "simulated: no network" in msg
+    assert "OSError: simulated: no network" in msg and "--config.data.files" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no download traceback chained
+
+
+def _offline_download(self, *args, **kwargs):
+    """A download failing as requests does offline: a ConnectionError raised while handling an OSError."""
+    try:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+    except OSError as e:
+        raise ConnectionError("HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries "
+                              "exceeded with url: /lm1b.tar.gz " + "x" * 300) from e
+
+
+def test_tfds_download_failure_is_one_message(tmp_path, tfds_mock, monkeypatch):
+    monkeypatch.setattr(tfds_mock.core.DatasetBuilder, "download_and_prepare", _offline_download)
+    config = make_config(tmp_path, train="lm1b", valid="lm1b", download=True)
+    with pytest.raises(data.DatasetUnavailableError) as err:
+        list(sources.load_documents("lm1b", "test", config))
+    msg = str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert "(ConnectionError: HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries" in msg
+    assert "x" * 200 not in msg  # the cause is quoted, shortened
+    assert "python -m sedd_jax.data.prepare --config=<your config> --dataset=lm1b" in msg
+    assert f"tfds.builder('lm1b', data_dir='{config.data.cache_dir}').download_and_prepare()" in msg
+
+
+def test_huggingface_dataset_without_datasets_package(tmp_path, monkeypatch, capfd):
+    pytest.importorskip("tensorflow_datasets")
+    find_spec = sources.importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "datasets" else find_spec(name, *a))
+    config = make_config(tmp_path, train="wikitext2", valid="wikitext2", download=True)
+    with pytest.raises(data.DatasetUnavailableError) as err:
+        list(sources.load_documents("wikitext2", "validation", config))
+    msg = str(err.value)
+    assert "needs the Hugging Face `datasets` package (not installed)" in msg and "pip install datasets" in msg
+    assert "python -m sedd_jax.data.prepare --config=<your config> --dataset=wikitext2" in msg
+    assert "Failed to import" not in capfd.readouterr().out  # TFDS's banner is not reached
+
+
+QUIET_IMPORT = """
+import os, sys
+sys.path.insert(0, sys.argv[1])  # a stand-in tensorflow whose import writes to file descriptor 2 as TF's does
+from sedd_jax.data import sources
+sources._tfds()
+"""
+FAKE_TENSORFLOW = """
+import os
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n"
+            b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. You may see ...\\n"
+            b"E0000 00:00:1.0 1 cuda.cc:1] a real error\\n")
+"""
+
+
+def test_tensorflow_banners_are_dropped_other_lines_kept(tmp_path):
+    """The data layer imports TensorFlow without its start-up banners; any other line it writes is kept."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "tensorflow.py").write_text(FAKE_TENSORFLOW)
+    (tmp_path / "fake" / "tensorflow_datasets.py").write_text("")
+    done = subprocess.run([sys.executable, "-c", QUIET_IMPORT, str(tmp_path / "fake")], capture_output=True,
+                          text=True, cwd=repo, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "E0000 00:00:1.0 1 cuda.cc:1] a real error\n")
+    real = subprocess.run([sys.executable, "-c", "from sedd_jax.data import sources; sources._tfds(); "
+                           "import tensorflow"], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert real.returncode == 0, real.stderr
+    assert not any(banner in real.stderr for banner in extras.TENSORFLOW_BANNERS), real.stderr
+    assert real.stdout == ""
 
 
 def test_lambada_jsonl(tmp_path, no_network):

@@ -1,5 +1,6 @@
 """Tokenizers: char (text8), SentencePiece trained once and cached, GPT-2 offline error, vocab check."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -82,4 +83,15 @@ def test_gpt2_without_network_says_what_to_predownload(tmp_path, monkeypatch):
         data.get_tokenizer(config, str(tmp_path))
     msg = str(err.value)
     assert "TIKTOKEN_CACHE_DIR=" + str(tmp_path / "cache" / "tiktoken") in msg
-    assert "tiktoken.get_encoding('gpt2')" in msg and "simulated: no network" in msg
+    assert "tiktoken.get_encoding('gpt2')" in msg and "ConnectionError: simulated: no network" in msg
+    assert "python -m sedd_jax.data.prepare" in msg and "\n" not in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no download traceback chained
+
+
+def test_gpt2_without_tiktoken_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if not installed
+    config = make_config(tmp_path, tokenizer="gpt2")
+    with pytest.raises(ImportError) as err:
+        data.get_tokenizer(config, str(tmp_path))
+    assert str(err.value) == 'the gpt2 tokenizer needs tiktoken: pip install "sedd-jax[gpt2]"'
+    assert err.value.__cause__ is None and err.value.__suppress_context__

@@ -193,3 +193,26 @@ def test_legacy_non_zip_bin(tmp_path):
     (tmp_path / "old" / "pytorch_model.bin").write_bytes(b"\x80\x02legacy")
     with pytest.raises(ValueError, match="not a zip-format torch checkpoint"):
         pretrained.load(path)
+
+
+# ------------------------------------------------------------------------------------ sampling API
+
+def test_jit_of_sampler_with_model_score_fn_and_frames(tmp_path):
+    """`jax.jit(sampler)(model.score_fn, key)` (a pytree over the params) samples what `model.sample` does, and
+    `sample_frames` is that draw seen from all-MASK (decoded as MASK_TEXT) to the final sample."""
+    import jax
+
+    from sedd_jax import sampling
+    from tests.evaluate_testing import char_checkpoint
+
+    model = pretrained.load(char_checkpoint(tmp_path))
+    steps, length = 3, model.config.model.length
+    sampler = sampling.get_pc_sampler(model.graph, model.noise, (2, length), "analytic", steps)
+    jitted = np.asarray(jax.jit(sampler)(model.score_fn, jax.random.key(0)))
+    frames, frame_texts = model.sample_frames(jax.random.key(0), steps=steps, num_frames=3, batch_size=2)
+    assert frames.shape == (3, 2, length) and frames.dtype == np.int32
+    np.testing.assert_array_equal(frames[-1], jitted)
+    assert frame_texts[0] == [pretrained.MASK_TEXT * length] * 2
+    assert frame_texts[-1] == [model.tokenizer.decode(row.tolist()) for row in jitted]
+    assert pretrained.MASK_TEXT not in "".join(frame_texts[-1])
+    assert model.decode_masked([1, 50, 50, 2, 27, 50], "_") == "a__b\n_"  # MASK = 50 (the fixture's tokens)

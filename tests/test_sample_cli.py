@@ -2,8 +2,6 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -29,12 +27,6 @@ def test_samples_ids_with_prompt_and_progress(tmp_path, capsys):
     assert [list(map(int, line.split())) for line in printed] == ids.tolist()
     assert "sampling step 4/8" in err and "sampling step 8/8" in err
     assert rows[0]["seed"] == 7 and rows[0]["predictor"] == "analytic" and rows[0]["method"] == "unbiased"
-
-
-def test_module_entry_point_help():
-    proc = subprocess.run([sys.executable, "-m", "sedd_jax.sample", "--help"], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0 and "--checkpoint" in proc.stdout and "--ids_only" in proc.stdout
 
 
 def _error(capsys, *argv):

@@ -247,6 +247,50 @@ def test_sampler_traces_score_once_and_is_jittable():
     assert (np.asarray(none(score_fn, jax.random.key(0))) == TOKENS).all()
 
 
+def test_jit_of_sampler_with_partial_score_equals_unjitted():
+    """What the docs say: `jax.jit(sampler)(jax.tree_util.Partial(score_fn), key)`; the bound arguments of a
+    Partial are traced (a new scale reuses the compiled sampler; jit keys on the Partial's function object)."""
+    graph, noise = graphs.get_graph("absorb", TOKENS), CONFIGS["absorb-loglinear"][1]
+    sampler = sampling.get_pc_sampler(graph, noise, (8, LENGTH), "analytic", 6)
+    jitted = jax.jit(sampler)
+    scaled_score = functools.partial(_scaled_exact_score, "absorb")
+    score_fn = jax.tree_util.Partial(scaled_score, jnp.float32(1.0))
+    np.testing.assert_array_equal(jitted(score_fn, KEY(2)), sampler(score_fn, KEY(2)))
+    assert jitted(jax.tree_util.Partial(scaled_score, jnp.float32(3.0)), KEY(2)).shape == (8, LENGTH)
+    assert jitted._cache_size() == 1
+
+
+def test_frames_record_the_reverse_process_in_the_loop():
+    graph, noise = graphs.get_graph("absorb", TOKENS), CONFIGS["absorb-loglinear"][1]
+    score_fn = es.exact_score_fn("absorb", P0, shared_sigma=True)
+    proj = sampling.get_infill_projector([0], [2])
+    steps, batch = 6, 64
+    plain = sampling.get_pc_sampler(graph, noise, (batch, LENGTH), "analytic", steps, proj_fun=proj)
+    tokens = np.asarray(jax.jit(functools.partial(plain, score_fn))(KEY(4)))
+    for k in (4, steps + 1):
+        framed = sampling.get_pc_sampler(graph, noise, (batch, LENGTH), "analytic", steps, proj_fun=proj, frames=k)
+        out, frames = jax.jit(functools.partial(framed, score_fn))(KEY(4))
+        frames = np.asarray(frames)
+        assert frames.shape == (k, batch, LENGTH) and frames.dtype == np.int32
+        np.testing.assert_array_equal(out, tokens)  # recording does not change the draw
+        np.testing.assert_array_equal(frames[-1], tokens)
+        assert (frames[:, :, 0] == 2).all()  # the clamped token is in every frame
+        assert (frames[0, :, 1:] == graph.tokens).all()  # the limit sample: all MASK but the clamp
+        # absorbing: a position, once unmasked, keeps its token in every later frame
+        for before, after in zip(frames[:-1], frames[1:]):
+            unmasked = before != graph.tokens
+            np.testing.assert_array_equal(after[unmasked], before[unmasked])
+    np.testing.assert_array_equal(sampling.frame_steps(4, steps), [0, 2, 4, 6])
+    # all steps + 1 states: frame i is the state after step i, so masks only ever decrease, one step at a time
+    assert (np.diff((frames == graph.tokens).sum(axis=(1, 2))) <= 0).all()
+    ids, framed_ids = sampling.sample_sequences(score_fn, graph, noise, KEY(5), 4, LENGTH, steps, prefix_ids=[1],
+                                                frames=3)
+    assert framed_ids.shape == (3, 4, LENGTH) and isinstance(framed_ids, np.ndarray)
+    np.testing.assert_array_equal(framed_ids[-1], ids)
+    np.testing.assert_array_equal(ids, sampling.sample_sequences(score_fn, graph, noise, KEY(5), 4, LENGTH, steps,
+                                                                 prefix_ids=[1]))
+
+
 def test_sample_sequences_caches_compiled_sampler():
     score_fn = es.exact_score_fn("absorb", P0, shared_sigma=True)
     graph, noise = graphs.get_graph("absorb", TOKENS), CONFIGS["absorb-loglinear"][1]
@@ -366,6 +410,11 @@ def test_bad_input_errors():
         run(4, eps=0.0)
     with pytest.raises(ValueError, match="distinct"):
         sampling.get_infill_projector([1, 1], [0, 0])
+    for frames in (1, 6, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"frames must be 0 \(none\) or an integer from 2 to steps \+ 1 = 5"):
+            run(4, frames=frames)
+    with pytest.raises(ValueError, match="frames must be 0"):
+        sampling.get_pc_sampler(graph, noise, (2, LENGTH), "euler", 4, frames=9)
 
 
 def test_shared_sigma_score_matches_per_row_score():

@@ -44,7 +44,7 @@ def _copy_run(run20, tmp_path):
     return base, tmp_path / "run"
 
 
-def test_learns_and_writes_workdir(tmp_path):
+def test_learns_and_writes_workdir(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     last = train.train_and_evaluate(config(tmp_path, training__n_iters=100, optim__lr=3e-3, training__eval_freq=25), workdir)
     losses = train_losses(workdir)
@@ -61,9 +61,17 @@ def test_learns_and_writes_workdir(tmp_path):
     assert max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == 100
     samples = open(os.path.join(workdir, "samples", "iter_100.txt")).read()
     assert samples.count("=== sample") == 2
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-    # The workdir is a checkpoint pretrained.load reads (EMA weights).
-    model = pretrained.load(workdir)
+    events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
+    assert len(events) == 1
+    assert b"samples" in open(os.path.join(workdir, events[0]), "rb").read()      # snapshot texts in TensorBoard
+    log = open(os.path.join(workdir, "train.log")).read().splitlines()            # the console, time-stamped
+    assert any(" model: " in line and "hidden_size=32" in line for line in log)
+    assert any(" step 100/100 | train_loss" in line for line in log)
+    assert "finished step 100" in log[-1]
+    # The workdir is a checkpoint pretrained.load reads (EMA weights), quietly.
+    with caplog.at_level("WARNING"):
+        model = pretrained.load(workdir)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert model.graph.dim == 29 and model.config.model.hidden_size == 32
     ids, texts = model.sample(jax.random.key(0), 2, 4)
     assert ids.shape == (2, 32) and len(texts) == 2
@@ -317,8 +325,13 @@ def test_resume_refuses_meaning_changes_and_records_others(run20, tmp_path):
 # ------------------------------------------------------------------------------------------ bad input
 
 def _snapshot(directory) -> dict:
+    """{path: mtime} of every file but train.log (appended by every attempt, refused ones included)."""
     return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
-            for root, _, files in os.walk(directory) for f in files}
+            for root, _, files in os.walk(directory) for f in files if f != progress.LOG_FILE}
+
+
+def _last_log_line(workdir) -> str:
+    return (workdir / progress.LOG_FILE).read_text().splitlines()[-1]
 
 
 def test_rerunning_a_finished_run_says_so_without_compiling(run20, tmp_path, capsys):
@@ -337,6 +350,8 @@ def test_workdir_with_another_model_shape(run20, tmp_path):
     with pytest.raises(ValueError, match="cannot continue with this config \\(model.hidden_size: workdir has 32, config has 64\\)"):
         train.train_and_evaluate(config(base, model__hidden_size=64), str(workdir))
     assert _snapshot(workdir) == before
+    last = _last_log_line(workdir)                                  # why, for whoever opens the workdir later
+    assert " stopped: ValueError: " in last and "(model.hidden_size: workdir has 32, config has 64)" in last
 
 
 def test_mesh_that_does_not_fit(tmp_path):

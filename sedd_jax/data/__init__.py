@@ -34,7 +34,8 @@ Config fields read (ml_collections.ConfigDict):
 Caches and downloads are written atomically (no partial or temporary files after an error, Ctrl-C or
 SIGTERM); a full disk raises DiskFullError (an OSError) with a one-line message naming the path.
 
-Importing this package imports neither TensorFlow nor TFDS nor grain; they are imported when used.
+Importing this package imports neither TensorFlow nor TFDS nor grain; they are imported when used, and a
+missing one is an ImportError naming the extra that installs it (`pip install "sedd-jax[train]"`).
 """
 from sedd_jax.files import DiskFullError
 from sedd_jax.data.datasets import (DataBundle, create_datasets, get_tokenizer, load_blocks,

@@ -23,13 +23,15 @@ import sys
 
 import numpy as np
 
+from sedd_jax import extras
+
 
 def _to_int32(block):
     return np.asarray(block, dtype=np.int32)
 
 
 def _host_epochs_cls():
-    import grain
+    grain = extras.require("grain", "the training data pipeline")
 
     class HostEpochs(grain.MapDataset):
         """Infinite MapDataset: index i -> the i-th block of this process's slices of the global batches."""
@@ -61,7 +63,7 @@ def make_dataset(blocks: np.ndarray, *, batch_size: int, seed: int, process_inde
                  process_count: int = 1, what: str = "train"):
     """The endless `grain.MapDataset` of this process's int32 batches [batch_size, L] (`batch_size` is the
     per-process batch: the global batch / process_count)."""
-    import grain
+    grain = extras.require("grain", "the training data pipeline")
     num_blocks = len(blocks)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -76,7 +78,7 @@ def make_iterator(blocks: np.ndarray, *, batch_size: int, seed: int, process_ind
                   process_count: int = 1, num_workers: int = 0, what: str = "train"):
     """A `grain.DatasetIterator` over `make_dataset(...)`; `num_workers` > 0 uses grain worker
     processes (`mp_prefetch`), 0 reads in this process with a small thread prefetch."""
-    import grain
+    grain = extras.require("grain", "the training data pipeline")
     ds = make_dataset(blocks, batch_size=batch_size, seed=seed, process_index=process_index,
                       process_count=process_count, what=what)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))

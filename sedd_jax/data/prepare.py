@@ -1,7 +1,7 @@
 r"""Prepare (download + tokenize + cache) datasets once, before training: required for openwebtext.
 
-    python -m sedd_jax.data.prepare --config=configs/owt_small.py --workdir=/tmp/run \
-        [--split=train] [--dataset=openwebtext]
+    python -m sedd_jax.data.prepare --config=owt_small --workdir=/tmp/run \
+        [--split=train] [--dataset=openwebtext]            # or: sedd-prepare ...
 
 Writes the tokenized cache that `data.create_datasets` reads (see datasets.tokenized_prefix), by
 default for the train split of `config.data.train` and the eval split of `config.data.valid`.
@@ -14,14 +14,16 @@ docs/data.md.
 """
 from __future__ import annotations
 
+import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from sedd_jax.configs import command_line
 from sedd_jax.data import datasets, packing, sources
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "workdir (holds the SentencePiece model, if any)")
 _DATASET = flags.DEFINE_string("dataset", None, "prepare only this dataset (default: data.train "
                                "and data.valid)")
@@ -57,10 +59,16 @@ def prepare(config, workdir, dataset=None, split=None) -> list:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}; the flags are --config, --workdir, --dataset, --split")
     prepare(_CONFIG.value, _WORKDIR.value, _DATASET.value, _SPLIT.value)
 
 
-if __name__ == "__main__":
+def run():
+    """Console script `sedd-prepare`; expected failures are one `error: ...` line."""
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    command_line.run(main, sys.modules[__name__], "sedd-prepare")
+
+
+if __name__ == "__main__":
+    run()

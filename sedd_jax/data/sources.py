@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import dataclasses
 import glob as glob_lib
+import importlib.util
 import json
 import os
 import sysconfig
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from sedd_jax import files
+from sedd_jax import extras, files
 from sedd_jax.data import detokenizers
 
 SPLITS = ("train", "validation", "test")
@@ -63,6 +64,13 @@ TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 
 class DatasetUnavailableError(RuntimeError):
     """A dataset must be downloaded or prepared first; the message says how and where."""
+
+
+def describe_failure(error: BaseException, limit: int = 200) -> str:
+    """`Type: message` of a failed download on one line, at most `limit` characters: what the one-line errors
+    quote instead of chaining the cause (a urllib3/requests traceback of a hundred lines)."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +261,9 @@ def _local_file(name: str, config) -> str:
         raise
     except Exception as e:  # no network
         raise DatasetUnavailableError(
-            f"could not download {name} from {url} ({type(e).__name__}: {e}). Pre-download it on a "
+            f"could not download {name} from {url} ({describe_failure(e)}). Pre-download it on a "
             f"machine with network into {os.path.dirname(path)}:\n{how}\n"
-            "or point --config.data.files at the file.") from e
+            "or point --config.data.files at the file.") from None
     return path
 
 
@@ -297,9 +305,15 @@ def _lambada_documents(config) -> List[str]:
 
 # ------------------------------------------------------------------------- TFDS
 
+def _tfds(module: str = "tensorflow_datasets"):
+    """tensorflow_datasets or one of its modules (TensorFlow imported first, quietly), or an ImportError naming
+    the `train` extra."""
+    return extras.require(module, "reading TFDS datasets (openwebtext, wikitext, ptb, lm1b, ...)")
+
+
 def _prepared_hf_dir(tfds_name: str, data_dir: str) -> Optional[str]:
     """The newest prepared directory of a `huggingface:repo/config` dataset in data_dir."""
-    from tensorflow_datasets.core.utils import conversion_utils
+    conversion_utils = _tfds("tensorflow_datasets.core.utils.conversion_utils")
     repo, _, hf_config = tfds_name.split(":", 1)[1].partition("/")
     base = os.path.join(data_dir, conversion_utils.to_tfds_name(repo))
     if hf_config:
@@ -311,14 +325,17 @@ def _prepared_hf_dir(tfds_name: str, data_dir: str) -> Optional[str]:
 def _pre_download_hint(tfds_name: str, data_dir: str) -> str:
     extra = "pip install datasets  # Hugging Face datasets, for the huggingface: builder\n  " \
         if tfds_name.startswith("huggingface:") else ""
-    return (f"Pre-download it once on a machine with network (then copy {data_dir} here):\n  {extra}"
+    name = next((s.name for s in DATASETS.values() if s.tfds_name == tfds_name), None)
+    prepare = (f"python -m sedd_jax.data.prepare --config=<your config> --dataset={name}  # or:\n  "
+               if name else "")
+    return (f"Pre-download it once on a machine with network (then copy {data_dir} here):\n  {extra}{prepare}"
             f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}', "
             f"data_dir='{data_dir}').download_and_prepare()\"")
 
 
 def tfds_builder(tfds_name: str, data_dir: str, allow_download: bool = True):
     """A prepared TFDS builder; prepares it (download) when allowed, else explains what to do."""
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
     if tfds_name.startswith("huggingface:"):
         prepared = _prepared_hf_dir(tfds_name, data_dir)
         if prepared:
@@ -332,21 +349,25 @@ def tfds_builder(tfds_name: str, data_dir: str, allow_download: bool = True):
         raise DatasetUnavailableError(
             f"TFDS dataset {tfds_name!r} is not prepared in {data_dir} and downloads are off "
             f"(config.data.download=False). " + _pre_download_hint(tfds_name, data_dir))
+    if builder is None and importlib.util.find_spec("datasets") is None:  # else TFDS prints a banner, then fails
+        raise DatasetUnavailableError(
+            f"TFDS dataset {tfds_name!r} is not prepared in {data_dir}, and preparing it needs the Hugging Face "
+            "`datasets` package (not installed). " + _pre_download_hint(tfds_name, data_dir))
     try:
         if builder is None:
             builder = tfds.builder(tfds_name, data_dir=data_dir)
         builder.download_and_prepare()
-    except Exception as e:  # no network, no `datasets` package, ...
+    except Exception as e:  # no network, ...: `from None`, the cause is a long download traceback
         raise DatasetUnavailableError(
             f"could not download/prepare TFDS dataset {tfds_name!r} into {data_dir} "
-            f"({type(e).__name__}: {e}). " + _pre_download_hint(tfds_name, data_dir)) from e
+            f"({describe_failure(e)}). " + _pre_download_hint(tfds_name, data_dir)) from None
     return builder
 
 
 def tfds_texts(builder, split: str, field: Union[str, Sequence[str]]) -> Iterator[str]:
     """The `field` strings of a split of a TFDS builder, in the stored order; several fields are
     joined with one space (ag_news: title + " " + description, as Hugging Face's `ag_news`)."""
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
     fields = (field,) if isinstance(field, str) else tuple(field)
     ds = builder.as_dataset(split=split, shuffle_files=False)
     for example in tfds.as_numpy(ds):

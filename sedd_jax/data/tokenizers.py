@@ -27,7 +27,8 @@ import io
 import os
 from typing import Callable, Iterable, List, Optional, Sequence
 
-from sedd_jax import files
+from sedd_jax import extras, files
+from sedd_jax.data import sources
 
 TOKENIZER_KINDS = ("gpt2", "sentencepiece", "char")
 GPT2_EOS_ID = 50256
@@ -174,22 +175,20 @@ class GPT2Tokenizer(Tokenizer):
     name = "gpt2"
 
     def __init__(self, cache_dir: Optional[str] = None):
-        try:
-            import tiktoken
-        except ImportError:
-            raise ImportError(
-                "the gpt2 tokenizer needs tiktoken: pip install 'sedd-jax[gpt2]'") from None
+        tiktoken = extras.require("tiktoken", "the gpt2 tokenizer")
         if cache_dir and not os.environ.get("TIKTOKEN_CACHE_DIR"):
             os.environ["TIKTOKEN_CACHE_DIR"] = os.path.join(os.path.expanduser(cache_dir), "tiktoken")
         where = os.environ.get("TIKTOKEN_CACHE_DIR", "<tmp>/data-gym-cache")
         try:
             self._enc = tiktoken.get_encoding("gpt2")
         except Exception as e:  # no network: requests' ConnectionError, urllib errors, ...
+            # `from None`: the cause is a long urllib3/requests chain; its message is quoted, shortened.
             raise RuntimeError(
-                "could not load the GPT-2 BPE files (no network?). Pre-download them once on a machine "
-                f"with network into the same cache directory:\n  TIKTOKEN_CACHE_DIR={where} python -c "
-                "\"import tiktoken; tiktoken.get_encoding('gpt2')\"\nthen copy that directory here "
-                f"(TIKTOKEN_CACHE_DIR={where}). Original error: {type(e).__name__}: {e}") from e
+                f"could not load the GPT-2 BPE files into {where} ({sources.describe_failure(e)}). Pre-download them "
+                f"once on a machine with network: TIKTOKEN_CACHE_DIR={where} python -c "
+                "\"import tiktoken; tiktoken.get_encoding('gpt2')\" (for training, `python -m "
+                "sedd_jax.data.prepare --config=<your config>` does it too), then copy that directory here "
+                f"and set TIKTOKEN_CACHE_DIR={where}") from None
         self.vocab_size = int(self._enc.n_vocab)
         self.eos_id = int(self._enc.eot_token)
         self.eos_text = "<|endoftext|>"

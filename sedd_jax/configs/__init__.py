@@ -1,17 +1,23 @@
-"""Training configuration: the defaults every `configs/*.py` starts from, and `validate(config)`.
+"""Training configuration: the defaults every config starts from, `validate(config)`, and the shipped configs.
 
-Field names follow the reference's hydra config where one exists (reference §0.2).
+The shipped configs are modules of this package, importable wherever sedd-jax is installed
+(`from sedd_jax.configs import tiny; config = tiny.get_config()`): SHIPPED names them. The command lines
+take one by name (`--config=tiny`) or any config file by path (`--config=configs/tiny.py`; the repository's
+`configs/*.py` re-export these). Field names follow the reference's hydra config where one exists
+(reference §0.2).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import ml_collections
 
 from sedd_jax import graphs, likelihood, models, noise as noise_lib
 
 PREDICTORS = ("euler", "analytic", "none")
+SHIPPED = ("tiny", "owt_small", "owt_medium", "text8")   # modules of this package with a get_config()
 
 # Logical parameter axis -> mesh axis (None = replicated); see sedd_jax.parallel.
 DEFAULT_RULES = (
@@ -98,6 +104,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     c.mesh.rules = DEFAULT_RULES
     return c
+
+
+def config_file(name_or_path: str) -> str:
+    """The config file `--config=name_or_path` names: an existing file as given, or a SHIPPED name (`tiny`)
+    as this package's file. Anything after the first ':' (ml_collections passes it to get_config) is kept."""
+    path, colon, argument = str(name_or_path).partition(":")
+    if os.path.isfile(path):
+        return name_or_path
+    if path in SHIPPED:
+        return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{path}.py") + colon + argument
+    raise ValueError(f"--config={name_or_path}: no such config file and not a shipped config; give a path to a "
+                     f"config .py file or one of {', '.join(SHIPPED)}")
 
 
 def validate(config, device_count: int | None = None, process_count: int | None = None) -> None:

@@ -1,0 +1,222 @@
+"""The core install (`pip install sedd-jax`, no extras) loads every checkpoint format, samples, infills and scores
+without TensorFlow, TFDS, grain, clu or TensorBoard; the training side then fails with one line naming the extra.
+
+The core environment is built offline: a new virtualenv whose site-packages holds symlinks to exactly the
+distributions that the installed sedd-jax's core requirements need (their closure, read with importlib.metadata
+from this environment), and the repository's sedd_jax through a .pth file. No package is downloaded.
+"""
+
+import importlib.metadata
+import os
+import pathlib
+import site
+import subprocess
+import sysconfig
+import venv
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.evaluate_testing import char_checkpoint
+from tests.train_testing import REPO
+
+TRAIN_ONLY = ("tensorflow", "tensorflow-cpu", "tensorflow-datasets", "grain", "clu", "tensorboard")
+
+
+def _distributions() -> dict:
+    """canonical name -> Distribution installed in this environment's site-packages (not the repository's stale
+    *.egg-info that `python` finds when run from the repository root)."""
+    found = {}
+    for dist in importlib.metadata.distributions(path=site.getsitepackages()):
+        found.setdefault(canonicalize_name(dist.metadata["Name"]), dist)
+    return found
+
+
+def _core_requirements(installed: dict) -> list[Requirement]:
+    """The requirements of `pip install sedd-jax` (no extras), markers evaluated for this interpreter."""
+    requirements = [Requirement(line) for line in installed["sedd-jax"].requires or []]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
+
+
+def _closure(installed: dict) -> dict:
+    """canonical name -> Distribution of every distribution the core requirements need, transitively (markers
+    evaluated for this interpreter, requested extras of dependencies followed)."""
+    followed, todo = {}, _core_requirements(installed)
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        extras = {"", *req.extras} - followed.setdefault(name, set())
+        if not extras:
+            continue
+        followed[name] |= extras
+        assert name in installed, f"{name} (needed by the core install) is not installed here"
+        for line in installed[name].requires or []:
+            dep = Requirement(line)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": extra}) for extra in extras):
+                todo.append(dep)
+    return {name: installed[name] for name in followed}
+
+
+def _link_distributions(dists: dict, installed: dict, site_dir: pathlib.Path, target: pathlib.Path) -> None:
+    """Symlinks into `target` the files of `dists` (from `site_dir`): a whole directory when only these
+    distributions have files in it, else (a namespace package shared with others) a real directory of links."""
+    tree = {}  # nested dicts: path part -> (owners, children)
+    for name, dist in installed.items():
+        if pathlib.Path(dist.locate_file("")).resolve() != site_dir.resolve():
+            continue
+        for path in dist.files or []:
+            parts = pathlib.PurePosixPath(str(path)).parts
+            if not parts or parts[0] == ".." or "__pycache__" in parts:
+                continue
+            node = tree
+            for part in parts:
+                owners, children = node.setdefault(part, (set(), {}))
+                owners.add(name)
+                node = children
+    wanted = set(dists)
+
+    def link(node, source: pathlib.Path, destination: pathlib.Path):
+        for part, (owners, children) in node.items():
+            if not owners & wanted:
+                continue
+            if owners <= wanted or not children:
+                (destination / part).symlink_to(source / part)
+            else:
+                (destination / part).mkdir()
+                link(children, source / part, destination / part)
+
+    link(tree, site_dir, target)
+
+
+@pytest.fixture(scope="module")
+def installed():
+    return _distributions()
+
+
+@pytest.fixture(scope="module")
+def core_python(tmp_path_factory, installed):
+    """The python of a virtualenv that has only the core install (and this repository's sedd_jax)."""
+    root = tmp_path_factory.mktemp("core") / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(root)
+    target = pathlib.Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
+    site_dir = pathlib.Path(installed["jax"].locate_file(""))
+    _link_distributions(_closure(installed), installed, site_dir, target)
+    (target / "sedd_jax_repository.pth").write_text(REPO + "\n")
+    return str(root / "bin" / "python")
+
+
+def _run(python, *args, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([python, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_core_requirements_hold_no_training_stack(installed):
+    names = {canonicalize_name(r.name) for r in _core_requirements(installed)}
+    assert {"jax", "flax", "orbax-checkpoint", "sentencepiece"} <= names
+    assert not names & set(TRAIN_ONLY), names
+    closure = set(_closure(installed))
+    assert not closure & set(TRAIN_ONLY), sorted(closure & set(TRAIN_ONLY))
+    train = {canonicalize_name(Requirement(r).name) for r in installed["sedd-jax"].requires
+             if 'extra == "train"' in r}
+    assert {"tensorflow-datasets", "tensorflow-cpu", "grain", "clu", "tensorboard"} <= train
+
+
+CORE_SCRIPT = r"""
+import json, os, sys
+
+missing = []
+for name in ("tensorflow", "tensorflow_datasets", "grain", "clu", "tensorboard", "tiktoken"):
+    try:
+        __import__(name)
+    except ImportError:
+        missing.append(name)
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+import sedd_jax.evaluate, sedd_jax.likelihood, sedd_jax.sample  # the core's entry points import
+from sedd_jax import converted, data, official, pretrained
+
+checkpoint, work, corpus = sys.argv[1:]
+config, params = official.read_official(checkpoint)
+converted.save(os.path.join(work, "converted"), config, params)
+workdir = os.path.join(work, "workdir")  # a training workdir as pretrained.load reads it
+os.makedirs(workdir)
+with open(os.path.join(checkpoint, "config.json")) as f, open(os.path.join(workdir, "config.json"), "w") as g:
+    g.write(f.read())
+with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("ema",)) as manager:
+    manager.save(3, args=ocp.args.Composite(ema=ocp.args.StandardSave(params)))
+
+models = {kind: pretrained.load(path) for kind, path in
+          (("official", checkpoint), ("converted", os.path.join(work, "converted")), ("workdir", workdir))}
+model = models["official"]
+gaps = {kind: max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), m.params, model.params)))
+        for kind, m in models.items()}
+ids, texts = model.sample(jax.random.key(0), batch_size=2, steps=4, prefix="the ", suffix=" end")
+nats, stderr = model.log_likelihood_bound(["hello world", "abc def ghi jkl"], mc_samples=8)
+
+train_errors = []
+cfg = ml_collections.ConfigDict(dict(
+    tokens=50, model=dict(length=32), training=dict(batch_size=2, seed=0), eval=dict(batch_size=2),
+    data=dict(train="files", valid="files", tokenizer="char", files=corpus, cache_dir=os.path.join(work, "cache"),
+              num_workers=0, download=False)))
+for attempt in (lambda: data.create_datasets(cfg, work, process_index=0, process_count=1),
+                lambda: list(data.load_documents("wikitext2", "validation", cfg))):
+    try:
+        attempt()
+    except ImportError as e:
+        train_errors.append(str(e))
+
+print(json.dumps(dict(
+    missing=missing, heavy=[m for m in ("tensorflow", "tensorflow_datasets", "grain", "clu") if m in sys.modules],
+    param_gaps=gaps,
+    is_workdir=models["workdir"].is_workdir, ids=ids.tolist(), texts=texts, prefix=model.tokenizer.encode("the "),
+    suffix=model.tokenizer.encode(" end"), nats=nats.tolist(), train_errors=train_errors)))
+"""
+
+
+def test_core_install_loads_samples_infills_and_scores_without_tensorflow(core_python, tmp_path):
+    import json
+
+    from tests.data_testing import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", num_files=20)
+    done = _run(core_python, "-c", CORE_SCRIPT, str(char_checkpoint(tmp_path)), str(tmp_path), corpus, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # the environment really lacks the training stack, and nothing imported it
+    assert result["missing"] == ["tensorflow", "tensorflow_datasets", "grain", "clu", "tensorboard", "tiktoken"]
+    assert result["heavy"] == []
+    # the three checkpoint formats load the same weights
+    assert result["is_workdir"] and result["param_gaps"] == {"official": 0, "converted": 0, "workdir": 0}
+    # sampling with a clamped prefix and suffix (infilling)
+    prefix, suffix = result["prefix"], result["suffix"]
+    for row, text in zip(result["ids"], result["texts"]):
+        assert len(row) == 32 and row[:len(prefix)] == prefix and row[-len(suffix):] == suffix
+        assert text.startswith("the ") and text.endswith(" end")
+    assert len(result["nats"]) == 2 and min(result["nats"]) > 0  # nats per sequence, DWDSE bound
+    # the training side names the extra that installs it
+    assert result["train_errors"] == [
+        'the training data pipeline needs grain: pip install "sedd-jax[train]"',
+        'reading TFDS datasets (openwebtext, wikitext, ptb, lm1b, ...) needs TensorFlow: pip install "sedd-jax[train]"']
+
+
+def test_core_install_data_command_names_the_train_extra(core_python, tmp_path):
+    done = _run(core_python, "-m", "sedd_jax.data.prepare", f"--config={REPO}/configs/tiny.py", "--dataset=wikitext2",
+                "--config.data.tokenizer=char", "--config.tokens=28", f"--config.data.cache_dir={tmp_path}",
+                f"--workdir={tmp_path / 'work'}", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        'error: reading TFDS datasets (openwebtext, wikitext, ptb, lm1b, ...) needs TensorFlow: '
+        'pip install "sedd-jax[train]"')
+    assert "Traceback" not in done.stderr
+    # The trainer too: one line naming the extra, before anything is compiled or written.
+    done = _run(core_python, "-m", "sedd_jax.main", "--config=tiny", f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training needs") and last.endswith('pip install "sedd-jax[train]"'), last
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
