@@ -333,7 +333,8 @@ def restore_newest_usable(manager: ocp.CheckpointManager, abstract_state, data_i
     IncompatibleCheckpointError, with nothing moved."""
     steps = sorted(manager.all_steps(), reverse=True)
     for step in steps:
-        state, reason = _restore_checked(manager, step, abstract_state, data_iter, batch_sizes)
+        with _absl_silenced(*READ_NOTICES):
+            state, reason = _restore_checked(manager, step, abstract_state, data_iter, batch_sizes)
         if state is not None:
             return step, state
         log(f"checkpoint {step} is not usable ({reason}); moving it to {UNUSABLE_DIR}/ and trying the one before")
@@ -402,8 +403,8 @@ def load_ema_params(workdir: str):
         return config, _read_ema(workdir, config)
 
 
-# What orbax logs (as warnings) on every read of a finished workdir: the read-only manager it was asked for, and
-# the EMA item read alone (its metadata file sits one level up). Nothing is wrong in either case.
+# What orbax logs (as warnings) on every read of a workdir: the read-only manager it was asked for, and an item
+# (state, ema) whose layout is read alone (its metadata file sits one level up). Nothing is wrong in either case.
 READ_NOTICES = ("Given directory is read only", "Metadata file does not exist")
 
 
