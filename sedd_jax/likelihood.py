@@ -15,10 +15,11 @@ or the number of devices.
 
 Standard errors of the per-sequence mean m_b = mean_k y_bk (y: per-draw loss, nats per sequence):
   iid:        var(m_b) ~ s_b^2 / K                      (s_b: sample std of the K draws, ddof=1)
-  stratified: collapsed strata: consecutive strata are grouped in pairs (the last group is a triple when
-              K is odd); var(m_b) ~ (1/K^2) sum_g n_g/(n_g - 1) sum_{k in g} (y_bk - mean_g)^2.
-              This is the textbook estimator for one draw per stratum; it is slightly conservative (it
-              also counts the difference between the means of neighbouring strata). K = 1 gives NaN.
+  stratified: var(m_b) = (1/K^2) sum_k sigma_k^2 (sigma_k^2: the variance within stratum k, one draw each).
+              Consecutive strata are grouped in triples (a, b, c) and each of the three gets
+              sigma^2 ~ (y_a - 2 y_b + y_c)^2 / 6, unbiased when the mean loss is linear in t across the
+              triple (second differences cancel the trend that stratification removed); one or two strata
+              left over get (y_j - y_j')^2 / 2 from the last two draws. K = 1 gives NaN.
 The Monte-Carlo standard error of the mean over N sequences is sqrt(sum_b var(m_b)) / N (draws of different
 sequences are independent).
 
@@ -145,14 +146,11 @@ def mean_variance(draws: np.ndarray, t_grid: str) -> tuple[np.ndarray, np.ndarra
         return mean, draws.var(axis=1, ddof=1) / k
     if t_grid != "stratified":
         raise ValueError(f"unknown t grid {t_grid!r}")
-    sizes = [2] * (k // 2)
-    if k % 2:
-        sizes[-1] = 3
-    total, start = np.zeros(n), 0
-    for size in sizes:
-        group = draws[:, start:start + size]
-        total += size / (size - 1) * ((group - group.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-        start += size
+    triples = k // 3 * 3
+    triple = draws[:, :triples].reshape(n, -1, 3)                                       # [N, K // 3, 3]
+    total = 3 * ((triple[..., 0] - 2 * triple[..., 1] + triple[..., 2]) ** 2 / 6).sum(axis=1)
+    if k > triples:  # 1 or 2 strata left over
+        total += (k - triples) * (draws[:, -2] - draws[:, -1]) ** 2 / 2
     return mean, total / k**2
 
 

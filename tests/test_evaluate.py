@@ -89,8 +89,13 @@ def test_mean_variance_by_hand():
     mean, var = likelihood.mean_variance(draws, "iid")
     np.testing.assert_allclose(mean, [3.2])
     np.testing.assert_allclose(var, [np.var(draws, ddof=1) / 5])
-    _, var = likelihood.mean_variance(draws, "stratified")  # groups (1, 3), (2, 6, 4)
-    np.testing.assert_allclose(var, [(2 * 2.0 + 1.5 * 8.0) / 25])
+    _, var = likelihood.mean_variance(draws, "stratified")  # triple (1, 3, 2): 3 (1 - 6 + 2)^2 / 6; pair (6, 4): 2 * 4 / 2
+    np.testing.assert_allclose(var, [(4.5 + 4.0) / 25])
+    _, var = likelihood.mean_variance(draws[:, :4], "stratified")  # triple (1, 3, 2); the 4th stratum: (2 - 6)^2 / 2
+    np.testing.assert_allclose(var, [(4.5 + 8.0) / 16])
+    # A mean linear in t (one draw per stratum, no noise) has no stratified variance.
+    _, var = likelihood.mean_variance(np.arange(9.0)[None], "stratified")
+    np.testing.assert_allclose(var, [0.0], atol=1e-12)
     assert np.isnan(likelihood.mean_variance(draws[:, :1], "iid")[1][0])
 
 
