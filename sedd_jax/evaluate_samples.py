@@ -132,13 +132,9 @@ def load_checkpoint(args):
 
 def draw(args, model, length: int) -> list[list[int]]:
     """args.num_samples sequences of `length` tokens from `model`; batch i uses fold_in(key(seed), i)."""
-    import functools
-
     import jax
 
-    from sedd_jax import models
-
-    score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model.model), model.params)
+    score_fn = model.score_fn
     key = jax.random.key(args.seed)
     rows: list[list[int]] = []
     start = time.time()

@@ -16,7 +16,6 @@ network once; offline, the error says what to pre-download) and printed, separat
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -109,7 +108,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
 
     import jax
 
-    from sedd_jax import models, pretrained
+    from sedd_jax import pretrained
 
     start = time.time()
     model = pretrained.load(args.checkpoint, compute_dtype=args.compute_dtype)
@@ -130,7 +129,7 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     progress_every = args.progress_every
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
-    score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model.model), model.params)
+    score_fn = model.score_fn
     _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps{steps_note} "
          "(the first call compiles the sampler)")
     start = time.time()
