@@ -37,6 +37,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default=None, choices=("plain", "fused"), help="default: the config's")
     parser.add_argument("--scan_blocks", type=int, default=None, choices=(0, 1), help="default: the config's")
     parser.add_argument("--remat", default=None, choices=sorted(models.REMAT_POLICIES), help="default: the config's")
+    parser.add_argument("--time_conditioning", type=int, default=None, choices=(0, 1),
+                        help="0: a time-independent network (absorb); default: the config's (1)")
 
 
 def config_from_flags(args):
@@ -56,6 +58,8 @@ def config_from_flags(args):
             c.model[field] = getattr(args, field)
     if args.scan_blocks is not None:
         c.model.scan_blocks = bool(args.scan_blocks)
+    if args.time_conditioning is not None:
+        c.model.time_conditioning = bool(args.time_conditioning)
     c.training.batch_size = args.batch_size
     c.eval.batch_size = args.batch_size
     configs.validate(c)
@@ -67,7 +71,7 @@ def describe(config) -> str:
     return (f"{m.name}: hidden {m.hidden_size}, {m.n_heads} heads, {m.n_blocks} blocks, cond {m.cond_dim}, "
             f"tokens {config.tokens} {config.graph.type}, L {m.length}, batch {config.training.batch_size}, "
             f"{m.compute_dtype}, dropout {m.dropout}, attention {m.attention}, scan_blocks {m.scan_blocks}, "
-            f"remat {m.remat}")
+            f"remat {m.remat}{'' if m.time_conditioning else ', time-independent'}")
 
 
 def device_line() -> str:

@@ -2,14 +2,17 @@
 
     python bench/sample.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8] [--steps=128]
         [--predictors=analytic,euler] [--methods=unbiased] [--compute_dtype=float32] [--checkpoint=PATH]
-        [--repeats=3] [--unchanged_steps]
+        [--repeats=3] [--unchanged_steps] [--time_conditioning=0 --skip_unchanged [--rows_per_call=1]]
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, float32; 128 predictor steps + the denoiser, i.e. 129 network evaluations).
 The baseline is one bare network evaluation doing the same work as a sampler's (forward + exp of the
 log-score, `models.exp_score`). Each figure is a median over --repeats runs after a warm-up compile.
 --unchanged_steps also counts how often a predictor step changes no token (per sequence and per batch):
-the steps a time-independent network could skip. Figures are printed, never asserted.
+the steps a time-independent network could skip. --skip_unchanged (with a time-independent network:
+--time_conditioning=0 or such a checkpoint) also times the sampler that evaluates the network only on the
+sequences that changed (`get_pc_sampler(..., skip_unchanged=True)`), and counts the rows it evaluated.
+Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,19 @@ def _unchanged_steps(graph, noise, score_fn, predictor: str, steps: int, batch_d
     return per_sequence / (steps * batch_dims[0]), per_batch / steps
 
 
+def _rows_evaluated(sampler, score_fn, key) -> int:
+    """Network rows (sequences) a sampler run evaluates, counted by a host callback in the score function."""
+    rows = []
+
+    def counted(fn, x, sigma):
+        jax.debug.callback(lambda n: rows.append(int(n)), jnp.int32(x.shape[0]))
+        return fn(x, sigma)
+
+    jax.block_until_ready(jax.jit(sampler)(jax.tree_util.Partial(counted, score_fn), key))
+    jax.effects_barrier()
+    return sum(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_model_flags(p)
@@ -52,6 +68,9 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--checkpoint", default=None, help="benchmark this checkpoint's model instead")
     p.add_argument("--unchanged_steps", action="store_true")
+    p.add_argument("--skip_unchanged", action="store_true",
+                   help="also time the sampler that skips unchanged sequences (a time-independent network)")
+    p.add_argument("--rows_per_call", type=int, default=1, help="with --skip_unchanged: rows per network call")
     args = p.parse_args()
 
     if args.checkpoint:
@@ -92,6 +111,16 @@ def main():
             print(f"{predictor:8s} {method:9s} {args.steps} steps + denoiser: median {total:.2f} s | "
                   f"{per_eval * 1e3:.1f} ms per evaluation ({100 * (per_eval / t_forward - 1):+.1f}% over a bare "
                   f"forward) | {b * length / total:,.0f} tokens/s | {common.peak_memory_line()}")
+            if args.skip_unchanged:
+                skipping = jax.jit(sampling.get_pc_sampler(graph, noise, (b, length), predictor, args.steps,
+                                                           method=method, skip_unchanged=True,
+                                                           rows_per_call=args.rows_per_call))
+                same = np.array_equal(skipping(score_fn, jax.random.key(2)), run(score_fn, jax.random.key(2)))
+                fast = common.median(common.time_calls(lambda: skipping(score_fn, jax.random.key(2)), args.repeats))
+                rows = _rows_evaluated(skipping, score_fn, jax.random.key(2))
+                print(f"         skip_unchanged (rows_per_call {args.rows_per_call}): median {fast:.2f} s | "
+                      f"{total / fast:.2f}x | {b * length / fast:,.0f} tokens/s | network rows evaluated {rows} of "
+                      f"{b * (args.steps + 1)} ({100 * rows / (b * (args.steps + 1)):.1f}%) | same samples: {same}")
             if args.unchanged_steps and predictor != "none":
                 sequence, batch = _unchanged_steps(graph, noise, score_fn, predictor, args.steps, (b, length))
                 print(f"         steps changing no token: {100 * sequence:.1f}% per sequence, {100 * batch:.1f}% "

@@ -46,6 +46,7 @@ _OPTIONAL_FIELDS = {  # field: (type, default, check)
     "noise.sigma_max": (float, 20.0, lambda v: 0 < v < 1e6),
     "model.attention": (str, None, None), "model.scan_blocks": (bool, None, None),
     "model.remat": (str, None, None), "model.name": (str, None, None),
+    "model.time_conditioning": (bool, True, None),
     "data.tokenizer": (str, None, None), "data.cache_dir": (str, None, None),
     "data.sp_vocab_size": (int, None, lambda v: 2 <= v <= 1 << 22),
 }

@@ -186,7 +186,8 @@ def frame_steps(frames: int, steps: int) -> np.ndarray:
 
 def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise: bool = True, eps: float = 1e-5,
                    proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0,
-                   batch_sharding: Optional[jax.sharding.Sharding] = None, frames: int = 0):
+                   batch_sharding: Optional[jax.sharding.Sharding] = None, frames: int = 0,
+                   skip_unchanged: bool = False, rows_per_call: int = 1):
     """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function (to `jax.jit` it, pass
     score_fn as a `jax.tree_util.Partial`: see the module docstring).
 
@@ -199,6 +200,16 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
     steps + 1), the sampler returns `(tokens int32[B, L], frames int32[k, B, L])`, the projected state at the
     `frame_steps(k, steps)` (the first frame is the limit sample, all MASK for absorb but clamped tokens;
     the last is `tokens`), recorded in the loop.
+
+    skip_unchanged (absorb only): the caller's statement that score_fn is time-independent up to the absorbing
+    sigma scale, score(x, sigma) = r(x) / (e^sigma - 1) off x's own entries (a network trained with
+    `model.time_conditioning=False`; the exact absorbing score has this form at the masked positions, the
+    only ones the absorbing samplers read). The network is then evaluated only on the sequences that changed since
+    their last evaluation, `rows_per_call` of them per call (1: no work on unchanged rows, best on CPUs;
+    larger groups use accelerators better), and the other rows' scores are r / (e^sigma - 1) from the cache:
+    the same sampler, the same draws, fewer network calls. With the log-linear schedule a sequence of L
+    tokens is unchanged by a step with probability about e^(-L / steps), so this pays when steps > L.
+    For a time-conditioned network the reused scores would be wrong: do not set it.
     """
     predictor_fn = PREDICTOR_FNS[check_predictor(predictor)]
     steps = check_steps(steps)
@@ -214,6 +225,15 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
 
     def constrain(x):
         return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+
+    if skip_unchanged:
+        if not graph.absorb:
+            raise ValueError("skip_unchanged needs the absorbing graph: only its score factorises into a "
+                             "time-independent part and a sigma scale")
+        if isinstance(rows_per_call, bool) or not isinstance(rows_per_call, (int, np.integer)) or rows_per_call < 1:
+            raise ValueError(f"rows_per_call must be an integer >= 1, got {rows_per_call!r}")
+        scores = functools.partial(_scores_reusing, graph.dim, min(int(rows_per_call), batch_dims[0]))
+    reuse_in_steps = skip_unchanged and predictor != "none"
 
     # frame_slot[s]: the frame that records state s, or -1 (the final sample goes into the last frame).
     frame_slot = np.full(steps + 1, -1, np.int32)
@@ -232,30 +252,72 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
         recorded = jnp.zeros((frames, *batch_dims), jnp.int32)
         if frames:
             recorded = recorded.at[0].set(proj(x))
+        # skip_unchanged: (the state each row was last evaluated at, -1 before the first call; its ratios r(x)).
+        cache = ((jnp.full(batch_dims, -1, jnp.int32), jnp.zeros((*batch_dims, graph.dim), jnp.float32))
+                 if skip_unchanged else ())
+
+        def step_score_fn(cache, x, t):
+            """(the score function a step uses, the cache after it)."""
+            if not skip_unchanged:
+                return score_fn, cache
+            score, cache = scores(score_fn, cache, x, noise(t)[0])
+            return (lambda x, sigma: score), cache
 
         def body(carry, i):
-            x, recorded = carry
+            x, recorded, cache = carry
             t = jnp.full(batch_dims[:1], timesteps[i], jnp.float32)
             x = proj(x)
-            x = predictor_fn(graph, noise, score_fn, jax.random.fold_in(key, i), x, t, dt, method)
+            fn, cache = step_score_fn(cache, x, t) if reuse_in_steps else (score_fn, cache)
+            x = predictor_fn(graph, noise, fn, jax.random.fold_in(key, i), x, t, dt, method)
             if report is not None:
                 jax.lax.cond((i + 1) % progress_every == 0, lambda: jax.debug.callback(report, i), lambda: None)
             x = constrain(x.astype(jnp.int32))
             if frames:
                 recorded = record(recorded, proj(x), i + 1)
-            return (x, recorded), None
+            return (x, recorded, cache), None
 
-        (x, recorded), _ = jax.lax.scan(body, (x, recorded), jnp.arange(steps, dtype=jnp.int32))
+        (x, recorded, cache), _ = jax.lax.scan(body, (x, recorded, cache), jnp.arange(steps, dtype=jnp.int32))
         if denoise:
             x = proj(x)
             t = jnp.full(batch_dims[:1], timesteps[-1], jnp.float32)
-            x = denoise_step(graph, noise, score_fn, jax.random.fold_in(key, steps), x, t, method)
+            fn, _ = step_score_fn(cache, x, t)
+            x = denoise_step(graph, noise, fn, jax.random.fold_in(key, steps), x, t, method)
         x = proj(x).astype(jnp.int32)
         if frames:
             return x, recorded.at[-1].set(x)
         return x
 
     return sampler
+
+
+def _scores_reusing(dim: int, rows_per_call: int, score_fn: ScoreFn, cache, x, sigma):
+    """score_fn(x, sigma) `[B, L, dim]` float32 for a time-independent absorbing score function, evaluating it
+    only on the rows of x (int32 `[B, L]`) that differ from the cache's, `rows_per_call` rows per call.
+
+    cache: (seen int32 `[B, L]`: the state each row was last evaluated at; ratios float32 `[B, L, dim]`:
+    r = score * (e^sigma - 1) there, which does not depend on sigma). Returns (scores, the updated cache);
+    the entry at each row's own token is 1, as a network's exp(0)."""
+    seen, ratios = cache
+    batch = x.shape[0]
+    changed = jnp.any(x != seen, axis=1)
+    order = jnp.argsort(~changed, stable=True)                  # the changed rows first
+    count = changed.sum()
+
+    def evaluate(group, ratios):
+        slots = group * rows_per_call + jnp.arange(rows_per_call)
+        rows = order[jnp.minimum(slots, batch - 1)]
+        rows = jnp.where(slots < count, rows, rows[0])           # a last, short group repeats its first row
+        # Tied to the loop counter: with one group the inputs would not depend on it, and XLA would hoist the
+        # network out of the loop and run it on every step.
+        x_rows, sigma_rows, _ = jax.lax.optimization_barrier((x[rows], sigma[rows], group))
+        score = score_fn(x_rows, sigma_rows).astype(jnp.float32)
+        return ratios.at[rows].set(score * jnp.expm1(sigma[rows])[:, None, None])
+
+    groups = (count + rows_per_call - 1) // rows_per_call
+    ratios = jax.lax.fori_loop(0, groups, evaluate, ratios)
+    own = jax.nn.one_hot(x, dim, dtype=jnp.bool_)
+    scores = jnp.where(own, jnp.ones((), jnp.float32), ratios / jnp.expm1(sigma)[:, None, None])
+    return scores, (x, ratios)
 
 
 # ------------------------------------------------------------------------------ validated entry point
@@ -311,16 +373,17 @@ def _as_pytree_score_fn(score_fn) -> jax.tree_util.Partial:
 
 @functools.partial(jax.jit, static_argnames=("graph", "noise", "batch_dims", "predictor", "steps", "denoise", "eps",
                                              "method", "positions", "progress_every", "shard_batch",
-                                             "frames"))
+                                             "frames", "skip_unchanged", "rows_per_call"))
 def _sample_jit(score_fn, key, clamp_ids, *, graph, noise, batch_dims, predictor, steps, denoise, eps, method,
-                positions, progress_every, shard_batch, frames):
+                positions, progress_every, shard_batch, frames, skip_unchanged, rows_per_call):
     proj = get_infill_projector(np.asarray(positions, np.int32), clamp_ids) if positions else None
     sharding = None
     if shard_batch:
         mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch", None))
     sampler = get_pc_sampler(graph, noise, batch_dims, predictor, steps, denoise=denoise, eps=eps, proj_fun=proj,
-                             method=method, progress_every=progress_every, batch_sharding=sharding, frames=frames)
+                             method=method, progress_every=progress_every, batch_sharding=sharding, frames=frames,
+                             skip_unchanged=skip_unchanged, rows_per_call=rows_per_call)
     return sampler(score_fn, key)
 
 
@@ -339,7 +402,7 @@ def _as_key(key) -> jax.Array:
 def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, length: int, steps: int,
                      predictor: str = "analytic", prefix_ids=None, suffix_ids=None, *, denoise: bool = True,
                      eps: float = 1e-5, method: str = "unbiased", positions=None, ids=None,
-                     progress_every: int = 0, frames: int = 0):
+                     progress_every: int = 0, frames: int = 0, skip_unchanged: bool = False, rows_per_call: int = 1):
     """Samples `batch_size` sequences of `length` tokens: int32 numpy `[batch_size, length]`; with `frames=k`
     (2 to steps + 1), also the reverse process: `(tokens, frames int32 numpy [k, batch_size, length])`, the
     state at `frame_steps(k, steps)` (see `get_pc_sampler`).
@@ -350,6 +413,8 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
     positions + ids: further tokens clamped at arbitrary positions. Repeated calls with the same shapes and
     settings reuse one compiled sampler (prompt ids are traced, so new prompts of the same lengths do too).
     With several local devices that divide batch_size, each samples its share of the batch.
+    skip_unchanged, rows_per_call: reuse a time-independent network's output while a sequence is unchanged
+    (absorb only; see `get_pc_sampler`).
     """
     check_predictor(predictor)
     steps = check_steps(steps)
@@ -379,7 +444,8 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
                       graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
                       steps=steps, denoise=bool(denoise), eps=eps, method=method,
                       positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every),
-                      shard_batch=_shard_batch(int(batch_size)), frames=frames)
+                      shard_batch=_shard_batch(int(batch_size)), frames=frames, skip_unchanged=bool(skip_unchanged),
+                      rows_per_call=rows_per_call)
     out = jax.tree.map(lambda a: np.asarray(a, np.int32), out)
     if progress_every:
         jax.effects_barrier()  # flush the progress callbacks before returning

@@ -35,7 +35,8 @@ def _snapshot_sampler(config, model, graph, noise, out_sharding):
 
     pc_sampler = sampling.get_pc_sampler(
         graph, noise, (config.sampling.batch_size, config.model.length), config.sampling.predictor,
-        config.sampling.steps, denoise=config.sampling.noise_removal)
+        config.sampling.steps, denoise=config.sampling.noise_removal,
+        skip_unchanged=not models.time_conditioning(config.model))
 
     def sample(params, key):
         return pc_sampler(lambda x, sigma: models.exp_score(model, params, x, sigma), key)

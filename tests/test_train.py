@@ -89,6 +89,18 @@ def test_bfloat16_training_runs_and_learns(tmp_path):
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}  # bf16 compute, f32 weights
 
 
+def test_time_independent_network_trains_and_samples_reusing_its_output(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config(tmp_path, model__time_conditioning=False, training__n_iters=20), str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["model"]["time_conditioning"] is False
+    assert (workdir / "samples" / "iter_20.txt").read_text().count("=== sample") == 2   # the skipping sampler
+    model = pretrained.load(workdir)
+    assert not model.model.time_conditioning and model.skips_unchanged()
+    ids, texts = model.sample(jax.random.key(0), 2, 64)
+    np.testing.assert_array_equal(ids, model.sample(jax.random.key(0), 2, 64, skip_unchanged=False)[0])
+    assert len(texts) == 2
+
+
 def test_exact_resume(run20, tmp_path):
     base, straight = run20
     resumed = str(tmp_path / "resumed")

@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention = "fused"           # "fused": jax.nn.dot_product_attention (cuDNN flash on GPU); "plain"
     c.model.scan_blocks = True            # blocks as one lax.scan: fast compiles and backward; same checkpoints
     c.model.remat = "dots_no_batch"       # backward recomputation: "none" | "dots" | "dots_no_batch" | "full"
+    c.model.time_conditioning = True      # False (absorb only): a time-independent network, whose output samplers
+                                          # reuse while no token changes (sampling.get_pc_sampler's skip_unchanged)
 
     c.data = ml_collections.ConfigDict()
     c.data.train = "openwebtext"          # see docs/data.md for every dataset name
@@ -174,6 +176,8 @@ MEANING_FIELDS = ("tokens", "graph", "noise", "model", "data.tokenizer", "data.s
                   "data.files")
 # ... except these, which change how the network runs or trains, not what it computes.
 EXECUTION_FIELDS = ("model.attention", "model.scan_blocks", "model.remat", "model.dropout", "model.compute_dtype")
+# Meaning fields added after runs were saved without them, with the value those runs had.
+ADDED_FIELDS = {"model.time_conditioning": True}
 
 
 def flatten(config) -> dict:
@@ -193,7 +197,7 @@ def flatten(config) -> dict:
 def config_changes(saved, config) -> tuple[dict, dict]:
     """(refused, allowed) changes from a workdir's saved config to `config`: {field: (saved, new)}. Refused:
     MEANING_FIELDS (except EXECUTION_FIELDS); allowed: everything else (lr, n_iters, frequencies, batch...)."""
-    old, new = flatten(saved), flatten(config)
+    old, new = ADDED_FIELDS | flatten(saved), ADDED_FIELDS | flatten(config)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     meaning = lambda k: (any(k == f or k.startswith(f + ".") for f in MEANING_FIELDS)  # noqa: E731
                          and k not in EXECUTION_FIELDS)

@@ -44,6 +44,10 @@ def validate_model_config(config) -> None:
     if config.graph.type == "uniform" and m.scale_by_sigma:
         raise ValueError("the uniform graph requires model.scale_by_sigma=False (the sigma scaling is the "
                          "absorbing graph's parameterisation); set --config.model.scale_by_sigma=False")
+    if not time_conditioning(m) and (config.graph.type != "absorb" or not m.scale_by_sigma):
+        raise ValueError("model.time_conditioning=False needs graph.type='absorb' with model.scale_by_sigma=True "
+                         "(only the absorbing score factorises into a time-independent part and a sigma scale); "
+                         "set --config.model.time_conditioning=True")
     if not 0 <= m.dropout < 1:
         raise ValueError(f"model.dropout must be in [0, 1), got {m.dropout}")
     attention, _, remat = execution_options(m)
@@ -61,6 +65,12 @@ def execution_options(model_config) -> tuple[str, bool, str]:
             model_config.get("remat", EXECUTION_DEFAULTS["remat"]))
 
 
+def time_conditioning(model_config) -> bool:
+    """Whether a `model.*` block's network takes sigma as input (configs written before the field existed, and
+    official checkpoints, do)."""
+    return bool(model_config.get("time_conditioning", True))
+
+
 def get_model(config, compute_dtype: str = "float32") -> SEDD:
     """SEDD network for `config` (fields tokens, graph.type, model.*). Vocabulary = graph dim."""
     from sedd_jax import graphs
@@ -72,7 +82,8 @@ def get_model(config, compute_dtype: str = "float32") -> SEDD:
     attention, scan_blocks, remat = execution_options(m)
     return SEDD(vocab_size=graph.dim, hidden_size=m.hidden_size, n_heads=m.n_heads, n_blocks=m.n_blocks,
                 cond_dim=m.cond_dim, dropout=float(m.dropout), scale_by_sigma=bool(m.scale_by_sigma),
-                compute_dtype=compute_dtype, attention=attention, scan_blocks=scan_blocks, remat=remat)
+                compute_dtype=compute_dtype, attention=attention, scan_blocks=scan_blocks, remat=remat,
+                time_conditioning=time_conditioning(m))
 
 
 def abstract_params(model: SEDD) -> Any:
@@ -114,5 +125,5 @@ def exp_score(model: SEDD, params, x, sigma):
     return jnp.exp(model.apply({"params": params}, x, sigma, train=False).astype(jnp.float32))
 
 
-__all__ = ["SEDD", "abstract_params", "check_param_shapes", "exp_score", "get_model", "model_config", "validate_model_config",
-           "MODEL_SIZES"]
+__all__ = ["SEDD", "abstract_params", "check_param_shapes", "exp_score", "get_model", "model_config",
+           "time_conditioning", "validate_model_config", "MODEL_SIZES"]

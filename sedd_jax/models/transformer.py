@@ -210,6 +210,11 @@ class SEDD(nn.Module):
         faster backward pass); parameters are stored per block either way. Dropout masks differ between the
         two paths (both are valid draws).
       remat: rematerialisation policy of the blocks in the backward pass, a key of `REMAT_POLICIES`.
+      time_conditioning: False makes the network time-independent (absorb with scale_by_sigma only): the
+        conditioning vector is computed from sigma = 0, a learned constant, so the log-score depends on sigma
+        only through the -log(e^sigma - 1) shift. The true absorbing score has this form (p(x_l = y | unmasked
+        tokens) / (e^sigma - 1)), and samplers can then reuse the network's output while no token changes
+        (`sampling.get_pc_sampler(..., skip_unchanged=True)`). The parameters are the same either way.
     """
 
     vocab_size: int
@@ -223,6 +228,7 @@ class SEDD(nn.Module):
     attention: str = "plain"
     scan_blocks: bool = False
     remat: str = "none"
+    time_conditioning: bool = True
 
     def _scanned_blocks(self, x, c, cos, sin, train: bool, dtype):
         """The blocks as one `lax.scan` over their parameters stacked on the fly (the stored tree keeps one
@@ -259,7 +265,7 @@ class SEDD(nn.Module):
             (self.vocab_size, self.hidden_size))
         x = jnp.take(embedding, indices, axis=0)
 
-        features = timestep_features(sigma)
+        features = timestep_features(sigma if self.time_conditioning else jnp.zeros_like(sigma))
         c = TorchLinear(self.cond_dim, ("freq", "cond"), name="sigma_mlp_in")(features)
         c = TorchLinear(self.cond_dim, ("cond", "cond"), name="sigma_mlp_out")(nn.silu(c))
         c = nn.silu(c)
