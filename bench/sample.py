@@ -2,7 +2,7 @@
 
     python bench/sample.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8] [--steps=128]
         [--predictors=analytic,euler] [--methods=unbiased] [--compute_dtype=float32] [--checkpoint=PATH]
-        [--repeats=3] [--unchanged_steps] [--time_conditioning=0 --skip_unchanged [--rows_per_call=1]]
+        [--repeats=3] [--unchanged_steps] [--time_conditioning=0 --skip_unchanged [--rows_per_call=K]]
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, float32; 128 predictor steps + the denoiser, i.e. 129 network evaluations).
@@ -70,7 +70,9 @@ def main():
     p.add_argument("--unchanged_steps", action="store_true")
     p.add_argument("--skip_unchanged", action="store_true",
                    help="also time the sampler that skips unchanged sequences (a time-independent network)")
-    p.add_argument("--rows_per_call", type=int, default=1, help="with --skip_unchanged: rows per network call")
+    p.add_argument("--rows_per_call", type=int, default=None,
+                   help="with --skip_unchanged: rows per network call (default: the changed rows, padded to a "
+                        "power of two)")
     args = p.parse_args()
 
     if args.checkpoint:

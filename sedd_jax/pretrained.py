@@ -124,13 +124,13 @@ class Pretrained:
     def sample(self, key, batch_size: int, steps: int, predictor: str = "analytic", prefix: str | None = None,
                suffix: str | None = None, *, length: int | None = None, method: str = "unbiased",
                progress_every: int = 0, skip_unchanged: bool | None = None,
-               rows_per_call: int = 1) -> tuple[np.ndarray, list[str]]:
+               rows_per_call: int | None = None) -> tuple[np.ndarray, list[str]]:
         """Samples `batch_size` sequences of `length` (default model.length) tokens, clamping the tokenized
         `prefix` at the start and `suffix` at the end. Returns (ids int32 `[B, L]`, decoded texts).
 
-        skip_unchanged (default: on for a network trained with `model.time_conditioning=False`, refused for
-        others): evaluate the network only on sequences that changed since their last evaluation,
-        `rows_per_call` at a time (`sampling.get_pc_sampler`); the samples are the same draws."""
+        skip_unchanged (default: on for a network trained with `model.time_conditioning=False` when steps >=
+        length, see `skips_unchanged`; refused for others): evaluate the network only on sequences that changed since their last evaluation
+        (`rows_per_call`: see `sampling.get_pc_sampler`); the samples are the same draws."""
         ids = self._sample_ids(key, batch_size, steps, predictor, prefix, suffix, length=length, method=method,
                                progress_every=progress_every, skip_unchanged=skip_unchanged,
                                rows_per_call=rows_per_call)
@@ -139,7 +139,7 @@ class Pretrained:
     def sample_frames(self, key, steps: int, num_frames: int, batch_size: int = 1, predictor: str = "analytic",
                       prefix: str | None = None, suffix: str | None = None, *, length: int | None = None,
                       method: str = "unbiased", mask_text: str = MASK_TEXT, skip_unchanged: bool | None = None,
-                      rows_per_call: int = 1) -> tuple[np.ndarray, list[list[str]]]:
+                      rows_per_call: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """The reverse process of `sample`: the same draw (same key and settings give the same final sample)
         seen at `num_frames` (2 to steps + 1) evenly spaced steps, from the limit sample (all MASK for absorb,
         but the prefix and suffix) to the final sample. Returns (frames int32 `[num_frames, B, L]`,
@@ -161,26 +161,34 @@ class Pretrained:
 
     def _sample_ids(self, key, batch_size, steps, predictor, prefix, suffix, *, length, method,
                     progress_every: int = 0, frames: int = 0, skip_unchanged: bool | None = None,
-                    rows_per_call: int = 1):
+                    rows_per_call: int | None = None):
         """sampling.sample_sequences with this model's score function and the tokenized prefix and suffix."""
         from sedd_jax import sampling
 
         encode = lambda text: self.tokenizer.encode(text) if text else None
+        length = int(length or self.config.model.length)
         return sampling.sample_sequences(
-            self.score_fn, self.graph, self.noise, key, batch_size, int(length or self.config.model.length), steps,
+            self.score_fn, self.graph, self.noise, key, batch_size, length, steps,
             predictor, encode(prefix), encode(suffix), method=method, progress_every=progress_every, frames=frames,
-            skip_unchanged=self.skips_unchanged(skip_unchanged), rows_per_call=rows_per_call)
+            skip_unchanged=self.skips_unchanged(skip_unchanged, steps=steps, length=length),
+            rows_per_call=rows_per_call)
 
-    def skips_unchanged(self, requested: bool | None = None) -> bool:
+    def skips_unchanged(self, requested: bool | None = None, *, steps: int | None = None,
+                        length: int | None = None) -> bool:
         """Whether sampling reuses the network's output while a sequence is unchanged: `requested`, or by default
-        whether the network is time-independent (`model.time_conditioning=False`). Raises ValueError when asked
-        of a time-conditioned network, whose reused scores would be wrong."""
+        whether the network is time-independent (`model.time_conditioning=False`) and, when steps and length are
+        given, `sampling.skipping_pays(steps, length)` (at least as many steps as tokens).
+        Raises ValueError when asked of a time-conditioned network, whose reused scores would be wrong."""
         independent = not models.time_conditioning(self.config.model)
         if requested and not independent:
             raise ValueError(f"{self.path}: skip_unchanged needs a time-independent network "
                              "(trained with model.time_conditioning=False); this one takes sigma as input, so its "
                              "output cannot be reused across steps")
-        return independent if requested is None else bool(requested)
+        if requested is not None:
+            return bool(requested)
+        from sedd_jax import sampling
+
+        return independent and (steps is None or length is None or sampling.skipping_pays(steps, length))
 
 
 def _describe_contents(path: str) -> str:

@@ -130,15 +130,15 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
     score_fn = model.score_fn
-    skip_note = ("; the network is time-independent: unchanged sequences reuse its output"
-                 if model.skips_unchanged() else "")
+    skip = model.skips_unchanged(steps=args.steps, length=length)
+    skip_note = "; the network is time-independent: unchanged sequences reuse its output" if skip else ""
     _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps{steps_note} "
          f"(the first call compiles the sampler{skip_note})")
     start = time.time()
     ids = sampling.sample_sequences(score_fn, model.graph, model.noise, jax.random.key(args.seed), args.batch_size,
                                     length, args.steps, args.predictor, prefix_ids, suffix_ids,
                                     denoise=not args.no_denoise, eps=args.eps, method=args.method,
-                                    progress_every=progress_every, skip_unchanged=model.skips_unchanged())
+                                    progress_every=progress_every, skip_unchanged=skip)
     _log(f"sampled in {time.time() - start:.1f}s")
     rows = [row.tolist() for row in ids]
     texts = [tokenizer.decode(row) for row in rows] if tokenizer is not None else None

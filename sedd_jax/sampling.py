@@ -187,7 +187,7 @@ def frame_steps(frames: int, steps: int) -> np.ndarray:
 def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise: bool = True, eps: float = 1e-5,
                    proj_fun: Optional[ProjFn] = None, *, method: str = "unbiased", progress_every: int = 0,
                    batch_sharding: Optional[jax.sharding.Sharding] = None, frames: int = 0,
-                   skip_unchanged: bool = False, rows_per_call: int = 1):
+                   skip_unchanged: bool = False, rows_per_call: Optional[int] = None):
     """Returns `sampler(score_fn, key) -> int32[B, L]`, a pure jittable function (to `jax.jit` it, pass
     score_fn as a `jax.tree_util.Partial`: see the module docstring).
 
@@ -204,12 +204,14 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
     skip_unchanged (absorb only): the caller's statement that score_fn is time-independent up to the absorbing
     sigma scale, score(x, sigma) = r(x) / (e^sigma - 1) off x's own entries (a network trained with
     `model.time_conditioning=False`; the exact absorbing score has this form at the masked positions, the
-    only ones the absorbing samplers read). The network is then evaluated only on the sequences that changed since
-    their last evaluation, `rows_per_call` of them per call (1: no work on unchanged rows, best on CPUs;
-    larger groups use accelerators better), and the other rows' scores are r / (e^sigma - 1) from the cache:
-    the same sampler, the same draws, fewer network calls. With the log-linear schedule a sequence of L
-    tokens is unchanged by a step with probability about e^(-L / steps), so this pays when steps > L.
-    For a time-conditioned network the reused scores would be wrong: do not set it.
+    only ones the absorbing samplers read). The network is then evaluated only on the sequences that changed
+    since their last evaluation, and the other rows' scores are r / (e^sigma - 1) from the cache: the same
+    sampler, the same draws, fewer network calls. rows_per_call None (default): each step makes one call on
+    the changed rows padded to the next of `call_sizes(B)` (1, 2, 4, ..., B: log2(B) + 1 compiled sizes);
+    an int k: calls of exactly k rows (one compiled size; 1 does no work on unchanged rows). With the
+    log-linear schedule a sequence of L tokens is unchanged by a step with probability about e^(-L / steps),
+    so this pays when steps >= L (`skipping_pays`). For a time-conditioned network the reused scores would be
+    wrong: do not set it.
     """
     predictor_fn = PREDICTOR_FNS[check_predictor(predictor)]
     steps = check_steps(steps)
@@ -230,9 +232,12 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
         if not graph.absorb:
             raise ValueError("skip_unchanged needs the absorbing graph: only its score factorises into a "
                              "time-independent part and a sigma scale")
-        if isinstance(rows_per_call, bool) or not isinstance(rows_per_call, (int, np.integer)) or rows_per_call < 1:
-            raise ValueError(f"rows_per_call must be an integer >= 1, got {rows_per_call!r}")
-        scores = functools.partial(_scores_reusing, graph.dim, min(int(rows_per_call), batch_dims[0]))
+        if rows_per_call is not None and (isinstance(rows_per_call, bool) or rows_per_call < 1
+                                          or not isinstance(rows_per_call, (int, np.integer))):
+            raise ValueError(f"rows_per_call must be None or an integer >= 1, got {rows_per_call!r}")
+        if rows_per_call is not None:
+            rows_per_call = min(int(rows_per_call), batch_dims[0])
+        scores = functools.partial(_scores_reusing, graph.dim, rows_per_call)
     reuse_in_steps = skip_unchanged and predictor != "none"
 
     # frame_slot[s]: the frame that records state s, or -1 (the final sample goes into the last frame).
@@ -290,31 +295,56 @@ def get_pc_sampler(graph, noise, batch_dims, predictor: str, steps: int, denoise
     return sampler
 
 
-def _scores_reusing(dim: int, rows_per_call: int, score_fn: ScoreFn, cache, x, sigma):
-    """score_fn(x, sigma) `[B, L, dim]` float32 for a time-independent absorbing score function, evaluating it
-    only on the rows of x (int32 `[B, L]`) that differ from the cache's, `rows_per_call` rows per call.
+def skipping_pays(steps: int, length: int) -> bool:
+    """Whether `skip_unchanged` is worth its cache for sequences of `length` tokens in `steps` steps: a step
+    leaves a sequence unchanged with probability about e^(-length / steps), at least 1/e when steps >= length
+    (bench/README.md: 1.15x at steps = length, 2-4x at steps = 4-8 x length, 0.92x at steps = length / 2)."""
+    return steps >= length
 
-    cache: (seen int32 `[B, L]`: the state each row was last evaluated at; ratios float32 `[B, L, dim]`:
-    r = score * (e^sigma - 1) there, which does not depend on sigma). Returns (scores, the updated cache);
-    the entry at each row's own token is 1, as a network's exp(0)."""
+
+def call_sizes(batch: int) -> tuple[int, ...]:
+    """The batch sizes a skipping sampler (rows_per_call=None) calls the network with: powers of two below
+    `batch`, then `batch` (1, 2, 4, 8 for 8; 1, 2, 4, 6 for 6)."""
+    return tuple(1 << i for i in range(max(batch - 1, 0).bit_length()) if 1 << i < batch) + (batch,)
+
+
+def _scores_reusing(dim: int, rows_per_call: Optional[int], score_fn: ScoreFn, cache, x, sigma):
+    """score_fn(x, sigma) `[B, L, dim]` float32 for a time-independent absorbing score function, evaluating it
+    only on the rows of x (int32 `[B, L]`) that differ from the cache's.
+
+    rows_per_call None: one call on the changed rows, padded with unchanged ones to the next of
+    `call_sizes(B)` (one compiled network per size; only the chosen one runs); an int k: calls of k rows
+    until every changed row is done. cache: (seen int32 `[B, L]`: the state each row was last evaluated at;
+    ratios float32 `[B, L, dim]`: r = score * (e^sigma - 1) there, which does not depend on sigma). Returns
+    (scores, the updated cache); the entry at each row's own token is 1, as a network's exp(0)."""
     seen, ratios = cache
     batch = x.shape[0]
     changed = jnp.any(x != seen, axis=1)
     order = jnp.argsort(~changed, stable=True)                  # the changed rows first
     count = changed.sum()
 
-    def evaluate(group, ratios):
-        slots = group * rows_per_call + jnp.arange(rows_per_call)
-        rows = order[jnp.minimum(slots, batch - 1)]
-        rows = jnp.where(slots < count, rows, rows[0])           # a last, short group repeats its first row
-        # Tied to the loop counter: with one group the inputs would not depend on it, and XLA would hoist the
-        # network out of the loop and run it on every step.
-        x_rows, sigma_rows, _ = jax.lax.optimization_barrier((x[rows], sigma[rows], group))
-        score = score_fn(x_rows, sigma_rows).astype(jnp.float32)
+    def evaluate(rows, ratios):
+        score = score_fn(x[rows], sigma[rows]).astype(jnp.float32)
         return ratios.at[rows].set(score * jnp.expm1(sigma[rows])[:, None, None])
 
-    groups = (count + rows_per_call - 1) // rows_per_call
-    ratios = jax.lax.fori_loop(0, groups, evaluate, ratios)
+    if rows_per_call is None:
+        sizes = call_sizes(batch)
+        branches = [lambda ratios: ratios] + [functools.partial(lambda n, ratios: evaluate(order[:n], ratios), n)
+                                              for n in sizes]
+        # 0 when nothing changed, else 1 + the index of the smallest size holding every changed row
+        choice = jnp.where(count > 0, 1 + jnp.searchsorted(jnp.asarray(sizes), count), 0)
+        ratios = jax.lax.switch(choice, branches, ratios)
+    else:
+        def evaluate_group(group, ratios):
+            slots = group * rows_per_call + jnp.arange(rows_per_call)
+            rows = order[jnp.minimum(slots, batch - 1)]
+            rows = jnp.where(slots < count, rows, rows[0])       # a last, short group repeats its first row
+            # Tied to the loop counter: with one group the rows would not depend on it, and XLA would hoist
+            # the network out of the loop and run it on every step.
+            rows, _ = jax.lax.optimization_barrier((rows, group))
+            return evaluate(rows, ratios)
+
+        ratios = jax.lax.fori_loop(0, (count + rows_per_call - 1) // rows_per_call, evaluate_group, ratios)
     own = jax.nn.one_hot(x, dim, dtype=jnp.bool_)
     scores = jnp.where(own, jnp.ones((), jnp.float32), ratios / jnp.expm1(sigma)[:, None, None])
     return scores, (x, ratios)
@@ -402,7 +432,8 @@ def _as_key(key) -> jax.Array:
 def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, length: int, steps: int,
                      predictor: str = "analytic", prefix_ids=None, suffix_ids=None, *, denoise: bool = True,
                      eps: float = 1e-5, method: str = "unbiased", positions=None, ids=None,
-                     progress_every: int = 0, frames: int = 0, skip_unchanged: bool = False, rows_per_call: int = 1):
+                     progress_every: int = 0, frames: int = 0, skip_unchanged: bool = False,
+                     rows_per_call: Optional[int] = None):
     """Samples `batch_size` sequences of `length` tokens: int32 numpy `[batch_size, length]`; with `frames=k`
     (2 to steps + 1), also the reverse process: `(tokens, frames int32 numpy [k, batch_size, length])`, the
     state at `frame_steps(k, steps)` (see `get_pc_sampler`).

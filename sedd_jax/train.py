@@ -36,7 +36,8 @@ def _snapshot_sampler(config, model, graph, noise, out_sharding):
     pc_sampler = sampling.get_pc_sampler(
         graph, noise, (config.sampling.batch_size, config.model.length), config.sampling.predictor,
         config.sampling.steps, denoise=config.sampling.noise_removal,
-        skip_unchanged=not models.time_conditioning(config.model))
+        skip_unchanged=(not models.time_conditioning(config.model)
+                        and sampling.skipping_pays(config.sampling.steps, config.model.length)))
 
     def sample(params, key):
         return pc_sampler(lambda x, sigma: models.exp_score(model, params, x, sigma), key)
