@@ -50,6 +50,10 @@ def build_parser() -> cli.ArgumentParser:
                    help="the network's compute dtype (bfloat16: the reference's autocast policy)")
     p.add_argument("--ids_only", action="store_true", help="print token ids; do not load a tokenizer")
     p.add_argument("--output", default=None, help="also write the samples to this .jsonl file")
+    p.add_argument("--skip_unchanged", default="auto", choices=("auto", "on", "off"),
+                   help="evaluate the network only on sequences that changed since its last call (a checkpoint "
+                        "trained with model.time_conditioning=False; the same samples). auto: on for such "
+                        "checkpoints when steps >= length")
     p.add_argument("--progress_every", type=int, default=None,
                    help="report progress every N steps (default: steps // 10 for runs of 100+ steps; 0: off)")
     return p
@@ -130,7 +134,8 @@ def sample_from_args(args) -> tuple[list[list[int]], list[str] | None]:
     if progress_every is None:
         progress_every = args.steps // 10 if args.steps >= 100 else 0
     score_fn = model.score_fn
-    skip = model.skips_unchanged(steps=args.steps, length=length)
+    skip = model.skips_unchanged({"auto": None, "on": True, "off": False}[args.skip_unchanged], steps=args.steps,
+                                 length=length)
     skip_note = "; the network is time-independent: unchanged sequences reuse its output" if skip else ""
     _log(f"sampling {args.batch_size} x {length} tokens, {args.steps} {args.predictor} steps{steps_note} "
          f"(the first call compiles the sampler{skip_note})")

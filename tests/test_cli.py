@@ -112,6 +112,12 @@ def test_length_beyond_the_trained_length_warns_and_runs(capsys):
     assert len(out.split()) == 40 and "sampling.steps" not in err  # --steps given: no note on its default
 
 
+def test_skip_unchanged_on_a_time_conditioned_checkpoint_is_one_error_line(capsys):
+    rc = sample.main([f"--checkpoint={TINY_CHECKPOINT}", "--ids_only", "--steps=2", "--skip_unchanged=on"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and err[-1].startswith("error: ") and "skip_unchanged needs a time-independent network" in err[-1]
+
+
 FAILING = {  # an expected failure of each argparse command line, raised before any checkpoint is read
     "sample": (sample, ["--checkpoint=/nonexistent/ckpt", "--ids_only"], "checkpoint directory '/nonexistent/ckpt' "
                "does not exist"),
