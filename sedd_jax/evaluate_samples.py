@@ -141,7 +141,8 @@ def draw(args, model, length: int) -> list[list[int]]:
     for index in range(math.ceil(args.num_samples / args.batch_size)):
         ids = sampling.sample_sequences(score_fn, model.graph, model.noise, jax.random.fold_in(key, index),
                                         args.batch_size, length, args.steps, args.predictor, eps=args.eps,
-                                        method=args.method, skip_unchanged=model.skips_unchanged(steps=args.steps, length=length))
+                                        method=args.method,
+                                        skip_unchanged=model.skips_unchanged(steps=args.steps, length=length))
         rows.extend(row.tolist() for row in ids[:args.num_samples - len(rows)])
         _log(f"sampled {len(rows)}/{args.num_samples} ({time.time() - start:.1f}s)")
     return rows

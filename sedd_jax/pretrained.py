@@ -129,8 +129,8 @@ class Pretrained:
         `prefix` at the start and `suffix` at the end. Returns (ids int32 `[B, L]`, decoded texts).
 
         skip_unchanged (default: on for a network trained with `model.time_conditioning=False` when steps >=
-        length, see `skips_unchanged`; refused for others): evaluate the network only on sequences that changed since their last evaluation
-        (`rows_per_call`: see `sampling.get_pc_sampler`); the samples are the same draws."""
+        length, see `skips_unchanged`; refused for others): evaluate the network only on sequences that changed
+        since their last evaluation (`rows_per_call`: see `sampling.get_pc_sampler`); the same draws."""
         ids = self._sample_ids(key, batch_size, steps, predictor, prefix, suffix, length=length, method=method,
                                progress_every=progress_every, skip_unchanged=skip_unchanged,
                                rows_per_call=rows_per_call)
@@ -167,6 +167,7 @@ class Pretrained:
 
         encode = lambda text: self.tokenizer.encode(text) if text else None
         length = int(length or self.config.model.length)
+        steps = sampling.check_steps(steps)
         return sampling.sample_sequences(
             self.score_fn, self.graph, self.noise, key, batch_size, length, steps,
             predictor, encode(prefix), encode(suffix), method=method, progress_every=progress_every, frames=frames,
