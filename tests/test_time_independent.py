@@ -120,8 +120,8 @@ def _counting(rows: list):
 
 
 @pytest.mark.parametrize("predictor, rows_per_call, clamp", [
-    ("analytic", None, False), ("euler", None, True), ("analytic", 1, False), ("euler", 1, False),
-    ("analytic", 3, False), ("analytic", BATCH, False), ("euler", 2, True)])
+    ("analytic", None, False), ("euler", None, True), ("analytic", 1, False), ("euler", 3, False),
+    ("analytic", BATCH, False)])
 def test_skipping_sampler_draws_the_same_samples_from_fewer_rows(predictor, rows_per_call, clamp):
     proj = sampling.get_infill_projector([1], [2]) if clamp else None
     plain = sampling.get_pc_sampler(GRAPH, NOISE, (BATCH, LENGTH), predictor, STEPS, proj_fun=proj,
@@ -148,13 +148,9 @@ def test_skipping_sampler_with_a_time_independent_network():
     net = _network(False)
     assert net.skips_unchanged() and net.skips_unchanged(steps=48, length=16)
     assert not net.skips_unchanged(steps=8, length=16) and net.skips_unchanged(True, steps=8, length=16)
-    plain = sampling.sample_sequences(net.score_fn, net.graph, net.noise, 4, 3, 16, steps=48)
-    skipped = sampling.sample_sequences(net.score_fn, net.graph, net.noise, 4, 3, 16, steps=48, skip_unchanged=True)
-    np.testing.assert_array_equal(skipped, plain)
-    assert (plain < 28).all()
-    ids, texts = net.sample(4, 3, 48, prefix="ab")            # skips by default: the same draw
-    np.testing.assert_array_equal(ids, net.sample(4, 3, 48, prefix="ab", skip_unchanged=False)[0])
-    assert all(text.startswith("ab") for text in texts)
+    ids, texts = net.sample(4, 2, 48, prefix="ab")            # skips by default: the same draw
+    np.testing.assert_array_equal(ids, net.sample(4, 2, 48, prefix="ab", skip_unchanged=False)[0])
+    assert (ids < 28).all() and all(text.startswith("ab") for text in texts)
 
 
 def test_call_sizes():
