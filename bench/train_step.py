@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8]
         [--compute_dtype=float32|bfloat16] [--attention=plain|fused] [--scan_blocks=0|1] [--remat=...]
-        [--steps=20]
+        [--steps=20] [--compilation_cache=DIR]
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
@@ -20,14 +20,18 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import jax
 import numpy as np
 
-from sedd_jax import flops, parallel, train_state, train_step
+from sedd_jax import compilation_cache, flops, parallel, train_state, train_step
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_model_flags(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--compilation_cache", default="",
+                   help="persistent compilation cache directory, as sedd-train's flag (default: off; a second run "
+                        "with the same directory loads the step instead of compiling it)")
     args = p.parse_args()
+    compilation_cache.enable(args.compilation_cache)
     config = common.config_from_flags(args)
     print(common.describe(config))
     print(common.device_line())

@@ -37,7 +37,7 @@ import os
 import sys
 import time
 
-from sedd_jax import cli
+from sedd_jax import cli, compilation_cache
 
 PROTOCOLS = ("sedd", "mdlm")
 DEFAULT_MC_SAMPLES = 1000  # the paper's (App. C.6)
@@ -52,6 +52,7 @@ PACKINGS = {
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser("sedd_jax.evaluate", "sedd-evaluate", __doc__)
+    p.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     p.add_argument("--checkpoint", "--model_path", dest="checkpoint", required=True,
                    help="checkpoint directory (official, converted or workdir)")
     p.add_argument("--dataset", required=True, help="comma-separated dataset names (sedd_jax.data.DATASETS)")
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
+        compilation_cache.enable(args.compilation_cache)
         from sedd_jax import parallel
 
         parallel.initialize_processes(args.coordinator_address, args.num_processes, args.process_id)

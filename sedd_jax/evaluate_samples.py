@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from sedd_jax import categorical, cli, sample, sampling
+from sedd_jax import categorical, cli, compilation_cache, sample, sampling
 
 TOKENIZE_MODES = ("auto", "ids", "text")
 MAX_SAMPLES_FILE_BYTES = 4 << 30
@@ -46,6 +46,7 @@ MAX_SAMPLES_FILE_BYTES = 4 << 30
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser("sedd_jax.evaluate_samples", "sedd-evaluate-samples", __doc__)
+    p.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     p.add_argument("--judge", required=True, help="GPT-2 directory (config.json + model.safetensors)")
     p.add_argument("--samples", default=None, help="a .jsonl file written by `sedd_jax.sample --output`")
     p.add_argument("--checkpoint", "--model_path", dest="checkpoint", default=None,
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
+        compilation_cache.enable(args.compilation_cache)
         record = evaluate(args)
         _log(f"generative perplexity {record['generative_perplexity']:.2f} (mean of per-sample perplexities "
              f"{record['mean_sample_perplexity']:.2f}), unigram entropy {record['unigram_entropy']:.3f} nats, "

@@ -6,7 +6,8 @@
 Run the same command on every host of a TPU pod (the hosts find each other). Elsewhere, join several
 processes explicitly: `--coordinator_address=HOST0:PORT --num_processes=N --process_id=I` (I = 0 on HOST0).
 `--config.<field>=value` overrides any config field (e.g. `--config.training.n_iters=300`). Rerunning in the
-same workdir resumes from its latest checkpoint.
+same workdir resumes from its latest checkpoint, and loads the compiled train step from the compilation cache
+(`--compilation_cache`, on by default) instead of compiling it again.
 The logic lives in `sedd_jax.train.train_and_evaluate(config, workdir)`, callable from a notebook.
 """
 
@@ -17,6 +18,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
+from sedd_jax import compilation_cache
 from sedd_jax.configs import command_line
 
 config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
@@ -27,6 +29,8 @@ flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for mu
                     "detected automatically (with --num_processes and --process_id).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of the run (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes) (0 runs the coordinator).")
+flags.DEFINE_string("compilation_cache", None, compilation_cache.FLAG_HELP[0].upper() + compilation_cache.FLAG_HELP[1:]
+                    + ".")
 flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which the other processes stop with an error when "
                      "one of them stops responding.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -42,6 +46,7 @@ def main(argv):
     from sedd_jax import parallel, train
 
     try:
+        compilation_cache.enable(FLAGS.compilation_cache)
         parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                       FLAGS.distributed, FLAGS.heartbeat_timeout)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

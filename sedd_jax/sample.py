@@ -20,13 +20,14 @@ import json
 import sys
 import time
 
-from sedd_jax import categorical, cli, sampling
+from sedd_jax import categorical, cli, compilation_cache, sampling
 
 DEFAULT_STEPS = 1024  # the reference's run_sample.py default
 
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser("sedd_jax.sample", "sedd-sample", __doc__)
+    p.add_argument("--compilation_cache", default=None, help=compilation_cache.FLAG_HELP)
     p.add_argument("--checkpoint", "--model_path", dest="checkpoint", required=True,
                    help="checkpoint directory (official, converted or workdir)")
     p.add_argument("--batch_size", type=int, default=1, help="number of samples")
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
+        compilation_cache.enable(args.compilation_cache)
         rows, texts = sample_from_args(args)
         _write(args, rows, texts)
 

@@ -1,12 +1,20 @@
 """Shared test fixtures: the reference parity data and the tiny official-format checkpoint."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Tests run on the host CPU (subprocesses inherit this). libtpu, installed by the test extra for its compiler
 # only (tests/test_compile.py), may then be loaded by several test processes at once.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# The command lines' persistent compilation cache (sedd_jax/compilation_cache.py) defaults to
+# $XDG_CACHE_HOME/sedd_jax/xla: tests and their subprocesses write it to a temporary directory, not the home's.
+if "sedd_jax_tests_cache_" not in os.environ.get("XDG_CACHE_HOME", ""):   # pytest-xdist workers inherit it
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sedd_jax_tests_cache_")
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 import numpy as np
 import pytest

@@ -123,8 +123,9 @@ def test_exact_resume(run20, tmp_path):
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_stop_signal_saves_current_step_and_resumes(tmp_path, stop):
     workdir = tmp_path / "preempted"
+    cache = f"--compilation_cache={tmp_path / 'xla'}"
     cmd = main_command(tmp_path, workdir, training__n_iters=100000, training__snapshot_freq_for_preemption=100000,
-                       training__eval_freq=100000)
+                       training__eval_freq=100000) + [cache]
     proc = subprocess.Popen([sys.executable] + cmd[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=_env(), cwd=REPO)
     metrics = workdir / "metrics.jsonl"
@@ -140,9 +141,13 @@ def test_stop_signal_saves_current_step_and_resumes(tmp_path, stop):
     assert max(steps) == stopped
     if stop == signal.SIGINT:
         return
-    done = _run(main_command(tmp_path, workdir, training__n_iters=stopped + 3))
+    assert any(name.startswith("jit_train_step-") for name in os.listdir(tmp_path / "xla"))
+    resume = [sys.executable] + main_command(tmp_path, workdir, training__n_iters=stopped + 3)[1:] + [cache]
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=600, env=dict(_env(), JAX_LOG_COMPILES="1"),
+                          cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"resumed {workdir} from step {stopped}" in done.stdout
+    assert "Persistent compilation cache hit for 'jit_train_step'" in done.stderr   # not compiled again
     assert max(train_losses(workdir)) == stopped + 3
 
 
