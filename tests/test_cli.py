@@ -140,6 +140,18 @@ def test_error_is_one_line_and_verbose_adds_the_traceback(capsys, name):
 
 
 @pytest.mark.parametrize("name", list(FAILING))
+def test_compilation_cache_that_cannot_be_created_is_one_error_line(capsys, tmp_path, name):
+    module, argv, _ = FAILING[name]
+    (tmp_path / "file").write_text("in the way")
+    assert module.main(argv + [f"--compilation_cache={tmp_path / 'file' / 'xla'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot create the compilation cache directory "
+                                                   f"{tmp_path / 'file' / 'xla'}"), err
+    assert "--compilation_cache= to compile without the cache" in err
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+@pytest.mark.parametrize("name", list(FAILING))
 def test_bad_flag_is_one_usage_line_and_one_error_line(capsys, name):
     module, argv, _ = FAILING[name]
     with pytest.raises(SystemExit) as exit_info:
