@@ -58,7 +58,11 @@ class TorchLinear(nn.Module):
             return jax.random.uniform(key, shape, dtype, -bound, bound)
 
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), (fan_in, self.features))
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        # As one [N, in] x [in, out] product: its weight gradient is then a plain [N, in]^T x [N, out] product,
+        # which XLA's CPU backend runs without transposing [N, out] first (as it does with [B, L] kept apart).
+        rows = x.reshape(-1, fan_in).astype(self.dtype)
+        y = jnp.dot(rows, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(init, (self.axes[1],)), (self.features,))
             y = y + bias
