@@ -75,8 +75,12 @@ def describe(config) -> str:
 
 
 def device_line() -> str:
+    """The device, and on CPUs the glibc malloc tunables (huge pages change CPU figures, bench/README.md)."""
     d = jax.devices()[0]
-    return f"device: {d.device_kind} x {jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}"
+    line = f"device: {d.device_kind} x {jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}"
+    if jax.default_backend() == "cpu":
+        line += f", GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
+    return line
 
 
 def time_calls(fn, repeats: int) -> list[float]:
