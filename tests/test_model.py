@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sedd_jax import models, pretrained
+from sedd_jax.models import dropout_mask
 from tests.conftest import TINY_CHECKPOINT
 
 
@@ -92,6 +93,39 @@ def test_dropout_only_in_train_mode():
     np.testing.assert_array_equal(evaluate(), evaluate())
     assert not np.allclose(train(0), evaluate())
     assert not np.allclose(train(0), train(1))
+
+
+def test_threefry_matches_the_random123_test_vectors():
+    """Threefry-2x32-20 known answers (Salmon et al. 2011; the same vectors as jax.random's threefry)."""
+    u = lambda *v: jnp.array(v, jnp.uint32)
+    key = (u(0, 0xFFFFFFFF, 0x13198A2E), u(0, 0xFFFFFFFF, 0x03707344))
+    x0, x1 = dropout_mask.threefry2x32(key, u(0, 0xFFFFFFFF, 0x243F6A88), u(0, 0xFFFFFFFF, 0x85A308D3))
+    np.testing.assert_array_equal(x0, u(0x6B200159, 0x1CB996FC, 0xC4923A9C))
+    np.testing.assert_array_equal(x1, u(0x99BA4EFE, 0xBB002BE7, 0x483DF7A0))
+
+
+@pytest.mark.parametrize("rate, shape", [(0.1, (16, 64, 256)), (0.5, (8, 33, 255))])
+def test_dropout_keep_mask_statistics(rate, shape):
+    """16 bits per element, four elements per hash: each kept with probability 1 - round(rate 2^16) / 2^16,
+    independently of the elements sharing its hash; odd last axes work; the rescaled output is unbiased."""
+    keep, p = dropout_mask.keep_mask(jax.random.key(3), shape, rate)
+    assert keep.shape == shape and keep.dtype == jnp.bool_
+    assert p == 1 - round(rate * 2**16) / 2**16 and abs(p - (1 - rate)) <= 2**-17
+    keep = np.asarray(keep)
+    n = keep.size
+    assert abs(keep.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    m = -(-shape[-1] // 4)  # elements j, j + m, j + 2m, j + 3m share one hash
+    for offset in (m, 2 * m, 3 * m):
+        pairs = keep[..., :shape[-1] - offset] & keep[..., offset:]
+        assert abs(pairs.mean() - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / pairs.size)
+    other_key, _ = dropout_mask.keep_mask(jax.random.key(4), shape, rate)
+    assert abs((keep & np.asarray(other_key)).mean() - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / n)
+    x = jnp.full(shape, 3.0)
+    dropped = np.asarray(jnp.where(keep, x / p, 0.0))
+    assert set(np.unique(dropped)) <= {0.0, np.float32(3.0 / p)}
+    assert abs(dropped.mean() - 3.0) < 5 * 3.0 * np.sqrt((1 - p) / (p * n))
+    with pytest.raises(ValueError, match=r"dropout rate 1.0 must be in \[0, 1\)"):
+        dropout_mask.keep_mask(jax.random.key(0), (4,), 1.0)
 
 
 def test_uniform_graph_output_is_unscaled_logits():

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from sedd_jax.models.dropout_mask import keep_mask
+
 FREQUENCY_EMBEDDING_SIZE = 256
 LAYER_NORM_EPS = 1e-5
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -139,7 +141,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention}
 
 DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by every remat policy (1 byte per
-                               # activation; redrawing them cost ~30 ms of a 700 ms step, bench/README.md)
+                               # activation), so the backward never redraws them
 
 
 def _keeping_dropout_masks(policy):
@@ -158,13 +160,14 @@ REMAT_POLICIES = {
 
 
 def dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
-    """Inverted dropout as `nn.Dropout` computes it (keep with probability 1 - rate, scale by 1 / (1 - rate));
-    the mask is named for the remat policies. Draws from `module`'s "dropout" rng stream."""
+    """Inverted dropout: keep with probability p = 1 - rate (rounded to 2^-16, `dropout_mask.keep_mask`), scale
+    by 1 / p, as `nn.Dropout` does. The mask is named for the remat policies. Draws from `module`'s "dropout"
+    rng stream."""
     if not train or rate == 0:
         return x
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1 - rate, x.shape)
+    keep, keep_probability = keep_mask(module.make_rng("dropout"), x.shape, rate)
     keep = checkpoint_name(keep, DROPOUT_MASK)
-    return jnp.where(keep, x / jnp.asarray(1 - rate, x.dtype), jnp.zeros((), x.dtype))
+    return jnp.where(keep, x / jnp.asarray(keep_probability, x.dtype), jnp.zeros((), x.dtype))
 
 
 class DDiTBlock(nn.Module):
