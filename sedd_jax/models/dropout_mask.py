@@ -52,7 +52,11 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.
     if math.prod(lead) * per_row >= 2**32:
         raise ValueError(f"dropout mask of shape {shape} is too large for 32-bit counters; split the call")
     words = jax.random.bits(key, (2,), jnp.uint32)
-    counters = jnp.arange(math.prod(lead) * per_row, dtype=jnp.uint32).reshape(*lead, per_row)
+    counter_shape = (*lead, per_row)
+    strides = [math.prod(counter_shape[d + 1:]) for d in range(len(counter_shape))]
+    # The row-major index of each counter, built in its own shape (elementwise, so a sharded mask shards it).
+    counters = sum(jax.lax.broadcasted_iota(jnp.uint32, counter_shape, d) * np.uint32(stride)
+                   for d, stride in enumerate(strides))
     w0, w1 = threefry2x32((words[0], words[1]), counters, jnp.zeros_like(counters))
     halves = (w0 & np.uint32(0xFFFF), w0 >> np.uint32(16), w1 & np.uint32(0xFFFF), w1 >> np.uint32(16))
     keep = jnp.concatenate([h >= np.uint32(threshold) for h in halves], axis=-1)[..., :last]
