@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sedd_jax import flops, models, pretrained
+from sedd_jax.models import transformer
 from tests.conftest import TINY_CHECKPOINT
 
 # The first is the reference's way; the others cover each option at least once in training.
@@ -46,6 +47,24 @@ def test_plain_and_fused_attention_agree_in_bfloat16(parity):
     assert plain.dtype == fused.dtype == jnp.bfloat16
     high = np.abs(np.asarray(parity["log_score"])).max()
     assert np.abs(np.asarray(plain, np.float32) - np.asarray(fused, np.float32)).max() < 0.02 * high
+
+
+def _softmax_attention_by_autodiff(q, k, v):
+    """The textbook form, differentiated by jax: softmax(q k^T / sqrt(dh)) v, q/k/v `[B, L, nh, dh]`."""
+    scores = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
+    return jnp.einsum("bhlm,bmhd->blhd", jax.nn.softmax(scores, axis=-1), v)
+
+
+def test_plain_attention_values_and_gradients_match_autodiff_of_softmax():
+    q, k, v, d_out = (3 * jax.random.normal(key, (2, 24, 3, 8)) for key in jax.random.split(jax.random.key(0), 4))
+    got, got_vjp = jax.vjp(transformer.plain_attention, q, k, v)
+    want, want_vjp = jax.vjp(_softmax_attention_by_autodiff, q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip("qkv", got_vjp(d_out), want_vjp(d_out)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=f"d{name}")
+    low = [u.astype(jnp.bfloat16) for u in (q, k, v)]
+    out, vjp = jax.vjp(transformer.plain_attention, *low)
+    assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in vjp(out))
 
 
 def _config(dropout=0.0, **execution):

@@ -120,13 +120,48 @@ def plain_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
     q is scaled by 1/sqrt(dh) before the product (an [L, dh] multiply instead of an [L, L] one); scores,
     softmax and the weighted sum accumulate in float32. Heads are moved next to the batch so both products
-    are plain batched matmuls (no transposed copies of the [B, nh, L, L] scores on CPUs)."""
+    are plain batched matmuls (no transposed copies of the [B, nh, L, L] scores on CPUs). The softmax is
+    normalised after the weighted sum and has its own backward (`_softmax_attention`)."""
     scale = 1 / math.sqrt(q.shape[-1])
     q, k, v = (u.transpose(0, 2, 1, 3) for u in (q * jnp.asarray(scale, q.dtype), k, v))  # [B, nh, L, dh]
+    return _softmax_attention(q, k, v).astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+@jax.custom_vjp
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T) v for q (already scaled), k, v `[B, nh, L, dh]` -> float32 `[B, nh, L, dh]`.
+
+    Forward: E = exp(S - rowmax S) stays unnormalised and the row sums l divide the `[L, dh]` product E v
+    instead of the `[L, L]` weights (one pass over the scores fewer). Backward, with P = E / l and
+    D = rowsum(dO * O) (an `[L, dh]` reduction in place of autodiff's `[L, L]` rowsum(dP * P)):
+    dV = E^T (dO / l), dS = E * ((dO / l) V^T - D / l), dQ = dS K, dK = dS^T Q. Same values as autodiff of
+    `jax.nn.softmax` up to float32 rounding (tests/test_model.py)."""
+    return _softmax_attention_forward(q, k, v)[0]
+
+
+def _softmax_attention_forward(q, k, v):
     scores = jnp.einsum("bhld,bhmd->bhlm", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhlm,bhmd->bhld", weights, v, preferred_element_type=jnp.float32)
-    return out.astype(v.dtype).transpose(0, 2, 1, 3)
+    unnormalised = jnp.exp(scores - scores.max(axis=-1, keepdims=True))  # [B, nh, L, L], each row's max is 1
+    row_sums = unnormalised.sum(axis=-1, keepdims=True)                   # [B, nh, L, 1], >= 1
+    out = jnp.einsum("bhlm,bhmd->bhld", unnormalised.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / row_sums
+    return out, (q, k, v, unnormalised, row_sums, out)
+
+
+def _softmax_attention_backward(residuals, d_out):
+    q, k, v, unnormalised, row_sums, out = residuals
+    d_out_scaled = d_out / row_sums                                                    # [B, nh, L, dh]
+    d_v = jnp.einsum("bhlm,bhld->bhmd", unnormalised.astype(v.dtype), d_out_scaled.astype(v.dtype),
+                     preferred_element_type=jnp.float32)
+    d_weights = jnp.einsum("bhld,bhmd->bhlm", d_out_scaled.astype(v.dtype), v,
+                           preferred_element_type=jnp.float32)                          # dP / l, [B, nh, L, L]
+    d_scores = unnormalised * (d_weights - (d_out * out).sum(axis=-1, keepdims=True) / row_sums)
+    d_q = jnp.einsum("bhlm,bhmd->bhld", d_scores.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    d_k = jnp.einsum("bhlm,bhld->bhmd", d_scores.astype(q.dtype), q, preferred_element_type=jnp.float32)
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+_softmax_attention.defvjp(_softmax_attention_forward, _softmax_attention_backward)
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
