@@ -135,7 +135,7 @@ def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     instead of the `[L, L]` weights (one pass over the scores fewer). Backward, with P = E / l and
     D = rowsum(dO * O) (an `[L, dh]` reduction in place of autodiff's `[L, L]` rowsum(dP * P)):
     dV = E^T (dO / l), dS = E * ((dO / l) V^T - D / l), dQ = dS K, dK = dS^T Q. Same values as autodiff of
-    `jax.nn.softmax` up to float32 rounding (tests/test_model.py)."""
+    `jax.nn.softmax` up to float32 rounding (tests/test_model_execution.py)."""
     return _softmax_attention_forward(q, k, v)[0]
 
 
