@@ -60,15 +60,15 @@ def main():
     common.time_calls(one_step, 2)
     cpu_started = time.process_time()
     times = common.time_calls(one_step, args.steps)
-    cpu_per_step = (time.process_time() - cpu_started) / args.steps  # all of the process's threads
+    cpu_seconds = time.process_time() - cpu_started  # all of the process's threads
     t = common.median(times)
     tokens_per_s = b * length / t
     print(f"parameters {n_params:,}; compile {compile_s:.1f} s")
     print(common.compiled_memory_line(step))
     print(f"train step median {t * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, "
           f"{args.steps} steps) | {tokens_per_s:,.0f} tokens/s | {common.peak_memory_line()}")
-    print(f"process CPU time {cpu_per_step * 1e3:.1f} ms per step (mean; {cpu_per_step / (sum(times) / len(times)):.2f} "
-          "cores busy on average)")
+    print(f"process CPU time {cpu_seconds / args.steps * 1e3:.1f} ms per step (mean; "
+          f"{cpu_seconds / sum(times):.2f} cores busy on average)")
     per_token = flops.train_flops_per_token(config, graph.dim)
     achieved = per_token * tokens_per_s / jax.device_count()
     utilisation = flops.mfu(achieved, jax.devices()[0].device_kind, config.model.compute_dtype)
