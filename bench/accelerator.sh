@@ -7,15 +7,31 @@
 #   bash bench/accelerator.sh [RESULTS_DIR]          # figures go to stdout and RESULTS_DIR/accelerator.txt
 #
 # Environment overrides (defaults in brackets): SIZE [small], LENGTH [1024], BATCH [32], TRAIN_STEPS [10],
-# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused"], REMAT [the config's], DTYPE [bfloat16].
+# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused"], REMAT [the config's], DTYPE [bfloat16],
+# WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench-results}
 mkdir -p "$results"
 log="$results/accelerator.txt"
 : > "$log"
-python3 -c "import ml_collections" 2>/dev/null || python3 -m pip install -q ml-collections
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# ml-collections, a core requirement, is missing from some accelerator images, and such machines are often offline:
+# its wheel in WHEELS [.whl] installs without an index (bench/README.md, "Accelerators"), else pip fetches it.
+if ! python3 -c "import ml_collections" 2>/dev/null; then
+    site=$(mktemp -d)
+    trap 'rm -rf "$site"' EXIT
+    wheels=(); for wheel in "${WHEELS:-.whl}"/ml_collections-*.whl; do [ -f "$wheel" ] && wheels+=("$wheel"); done
+    if [ ${#wheels[@]} -gt 0 ]; then
+        python3 -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
+    elif ! python3 -m pip install -q --target "$site" ml-collections; then
+        echo "error: ml-collections is not installed and pip could not fetch it. On a machine with an index, run" >&2
+        echo "  python3 -m pip download --no-deps --only-binary=:all: -d .whl ml-collections" >&2
+        echo "and bring .whl along (or point WHEELS at a folder holding the wheel)." >&2
+        exit 1
+    fi
+    export PYTHONPATH="$PYTHONPATH:$site"
+fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16}
 remat_flag=()
 [ -n "${REMAT:-}" ] && remat_flag=(--remat="$REMAT")

@@ -9,10 +9,12 @@ from this environment), and the repository's sedd_jax through a .pth file. No pa
 import importlib.metadata
 import os
 import pathlib
+import re
 import site
 import subprocess
 import sysconfig
 import venv
+import zipfile
 
 import pytest
 from packaging.requirements import Requirement
@@ -94,16 +96,32 @@ def installed():
     return _distributions()
 
 
-@pytest.fixture(scope="module")
-def core_python(tmp_path_factory, installed):
-    """The python of a virtualenv that has only the core install (and this repository's sedd_jax)."""
-    root = tmp_path_factory.mktemp("core") / "venv"
+def _virtualenv(root: pathlib.Path, dists: dict, installed: dict) -> str:
+    """A virtualenv at `root` holding exactly `dists` (linked from this environment) and this repository's
+    sedd_jax; returns its python."""
     venv.EnvBuilder(with_pip=False, symlinks=True).create(root)
     target = pathlib.Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
     site_dir = pathlib.Path(installed["jax"].locate_file(""))
-    _link_distributions(_closure(installed), installed, site_dir, target)
+    _link_distributions(dists, installed, site_dir, target)
     (target / "sedd_jax_repository.pth").write_text(REPO + "\n")
     return str(root / "bin" / "python")
+
+
+def _wheel_of(dist, directory: pathlib.Path) -> pathlib.Path:
+    """A wheel of an installed pure-Python distribution, zipped from its installed files (no index needed)."""
+    path = directory / f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for file in dist.files or []:
+            parts = pathlib.PurePosixPath(str(file)).parts
+            if parts and parts[0] != ".." and "__pycache__" not in parts:
+                wheel.write(dist.locate_file(file), str(file))
+    return path
+
+
+@pytest.fixture(scope="module")
+def core_python(tmp_path_factory, installed):
+    """The python of a virtualenv that has only the core install (and this repository's sedd_jax)."""
+    return _virtualenv(tmp_path_factory.mktemp("core") / "venv", _closure(installed), installed)
 
 
 def _run(python, *args, cwd):
@@ -220,3 +238,45 @@ def test_core_install_data_command_names_the_train_extra(core_python, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training needs") and last.endswith('pip install "sedd-jax[train]"'), last
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collections(installed, tmp_path):
+    """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
+    but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the
+    wheel in WHEELS (into a temporary folder) and prints every figure, for both attentions (tiny settings, CPU)."""
+    dists = {name: dist for name, dist in _closure(installed).items() if name != "ml-collections"}
+    dists["pip"] = installed["pip"]
+    python = _virtualenv(tmp_path / "venv", dists, installed)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel_of(installed["ml-collections"], wheels)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not k.startswith("PIP_")}
+    env.update(PATH=f"{os.path.dirname(python)}:{env['PATH']}", JAX_PLATFORMS="cpu", WHEELS=str(wheels),
+               PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",  # offline: no index, no local wheel folders
+               SIZE="tiny", LENGTH="32", BATCH="2", TRAIN_STEPS="1", SAMPLE_BATCH="2", SAMPLE_STEPS="2",
+               DTYPE="float32")
+    assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
+    # without the wheel: one message saying how to bring it, before anything runs
+    done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
+                          text=True, cwd=tmp_path, env={**env, "WHEELS": str(tmp_path / "empty")}, timeout=120)
+    assert done.returncode == 1 and "=== train" not in done.stdout, done.stdout + done.stderr
+    assert "error: ml-collections is not installed and pip could not fetch it" in done.stderr, done.stderr
+    assert "pip download --no-deps --only-binary=:all: -d .whl ml-collections" in done.stderr
+    results = tmp_path / "results"
+    done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(results)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    log = (results / "accelerator.txt").read_text()
+    for attention in ("plain", "fused"):
+        train, sample = (f"=== train: tiny float32 L=32 batch 2 attention={attention}",
+                         f"=== sample: tiny float32 L=32 batch 2 attention={attention}")
+        assert train in log and sample in log, log
+        train_part = log.split(train)[1].split(sample)[0]
+        sample_part = log.split(sample)[1].split("=== ")[0]
+        assert "train step median" in train_part and "tokens/s" in train_part and "MFU" in train_part, train_part
+        assert "bare forward + exp [2, 32, " in sample_part, sample_part
+        assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample_part), sample_part
+    assert "figures written to" in done.stdout
+    # installed only for the run: the environment is as it was
+    assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1
