@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # SEDD-small in bfloat16 at length 1024 on one accelerator (GPU or TPU), in a few minutes: training MFU and
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
-# fused attention. Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and
+# fused attention; training with the config's rematerialisation policy and without any. Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and
 # ml-collections: nothing of the data stack.
 #
 #   bash bench/accelerator.sh [RESULTS_DIR]          # figures go to stdout and RESULTS_DIR/accelerator.txt
 #
 # Environment overrides (defaults in brackets): SIZE [small], LENGTH [1024], BATCH [32], TRAIN_STEPS [10],
-# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused"], REMAT [the config's], DTYPE [bfloat16],
+# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused"], REMATS ["config none"], DTYPE [bfloat16],
 # WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +33,15 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16}
-remat_flag=()
-[ -n "${REMAT:-}" ] && remat_flag=(--remat="$REMAT")
 for attention in ${ATTENTIONS:-plain fused}; do
-    echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention" | tee -a "$log"
-    python3 bench/train_step.py --size="$size" --compute_dtype="$dtype" --length="$length" \
-        --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" "${remat_flag[@]}" \
-        2>&1 | tee -a "$log"
+    for remat in ${REMATS:-config none}; do  # "config": the config's policy (recomputes in the backward); none
+        remat_flag=()
+        [ "$remat" != config ] && remat_flag=(--remat="$remat")
+        echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=$remat" | tee -a "$log"
+        python3 bench/train_step.py --size="$size" --compute_dtype="$dtype" --length="$length" \
+            --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" "${remat_flag[@]}" \
+            2>&1 | tee -a "$log"
+    done
     echo "=== sample: $size $dtype L=$length batch ${SAMPLE_BATCH:-16} attention=$attention" | tee -a "$log"
     python3 bench/sample.py --size="$size" --compute_dtype="$dtype" --length="$length" \
         --batch_size="${SAMPLE_BATCH:-16}" --attention="$attention" --steps="${SAMPLE_STEPS:-128}" \

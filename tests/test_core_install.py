@@ -243,7 +243,8 @@ def test_core_install_data_command_names_the_train_extra(core_python, tmp_path):
 def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collections(installed, tmp_path):
     """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
     but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the
-    wheel in WHEELS (into a temporary folder) and prints every figure, for both attentions (tiny settings, CPU)."""
+    wheel in WHEELS (into a temporary folder) and prints every figure, for both attentions and both remat
+    settings (tiny settings, CPU)."""
     dists = {name: dist for name, dist in _closure(installed).items() if name != "ml-collections"}
     dists["pip"] = installed["pip"]
     python = _virtualenv(tmp_path / "venv", dists, installed)
@@ -268,15 +269,16 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
                           cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     log = (results / "accelerator.txt").read_text()
+    sections = dict(section.split("\n", 1) for section in log.split("=== ")[1:])  # header -> output
     for attention in ("plain", "fused"):
-        train, sample = (f"=== train: tiny float32 L=32 batch 2 attention={attention}",
-                         f"=== sample: tiny float32 L=32 batch 2 attention={attention}")
-        assert train in log and sample in log, log
-        train_part = log.split(train)[1].split(sample)[0]
-        sample_part = log.split(sample)[1].split("=== ")[0]
-        assert "train step median" in train_part and "tokens/s" in train_part and "MFU" in train_part, train_part
-        assert "bare forward + exp [2, 32, " in sample_part, sample_part
-        assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample_part), sample_part
+        for remat, policy in (("config", "dots_no_batch"), ("none", "none")):  # the tiny config's, and none
+            train = sections[f"train: tiny float32 L=32 batch 2 attention={attention} remat={remat}"]
+            assert f"attention {attention}, scan_blocks True, remat {policy}" in train, train
+            assert "train step median" in train and "tokens/s" in train and "MFU" in train, train
+        sample = sections[f"sample: tiny float32 L=32 batch 2 attention={attention}"]
+        assert "bare forward + exp [2, 32, " in sample, sample
+        assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample), sample
+    assert len(sections) == 6, list(sections)
     assert "figures written to" in done.stdout
     # installed only for the run: the environment is as it was
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1
