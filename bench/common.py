@@ -34,7 +34,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--dropout", type=float, default=None, help="default: the size's (0.1 for bench)")
-    parser.add_argument("--attention", default=None, choices=("plain", "fused"), help="default: the config's")
+    parser.add_argument("--attention", default=None, choices=("plain", "fused", "splash"),
+                        help="default: the config's")
     parser.add_argument("--scan_blocks", type=int, default=None, choices=(0, 1), help="default: the config's")
     parser.add_argument("--remat", default=None, choices=sorted(models.REMAT_POLICIES), help="default: the config's")
     parser.add_argument("--time_conditioning", type=int, default=None, choices=(0, 1),

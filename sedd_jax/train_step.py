@@ -77,7 +77,8 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
     train_step = jax.jit(make_train_step(config, model, loss_fn, optimizer, mesh),
                          in_shardings=(state_shardings, batch_sharding, replicated),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
-    return train_step.lower(abstract_state, batch_shape, key_shape).compile()
+    with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
+        return train_step.lower(abstract_state, batch_shape, key_shape).compile()
 
 
 def compile_eval_step(config, model, mesh, abstract_state: TrainState):
@@ -98,8 +99,9 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
                         out_shardings=replicated)
     batch = int(config.eval.batch_size)
     key = jax.random.key(0)
-    return eval_step.lower(
-        abstract_state.ema,
-        jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
-        jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
-        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)).compile()
+    with jax.set_mesh(mesh):
+        return eval_step.lower(
+            abstract_state.ema,
+            jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
+            jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
+            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)).compile()

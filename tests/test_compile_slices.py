@@ -45,3 +45,29 @@ def test_owt_medium_fits_a_v5p_slice_with_fsdp_and_tensor():
     report = aot.aot_compile(_config(owt_medium, mesh__data=4, mesh__fsdp=2, mesh__tensor=2), "v5p:2x2x4")
     _assert_fits(report, 16, 4, {"data": 4, "fsdp": 2, "tensor": 2})
     assert report.accum == 2  # as configured
+
+
+def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
+    """model.attention='splash' puts Pallas's splash kernels (forward, dq, dkv) into the TPU train step, each
+    device running them on its shard of the batch (and of the heads under tensor parallelism), within HBM."""
+    import jax
+
+    from sedd_jax import parallel, progress, train_state, train_step
+
+    mesh = dict(data=1, fsdp=2, tensor=2)
+    config = _config(owt_small, model__attention="splash", model__n_blocks=2, training__batch_size=8,
+                     **{f"mesh__{axis}": size for axis, size in mesh.items()})
+    devices = aot.topology_devices("v5e:2x2")
+    device_mesh = parallel.create_mesh(config, devices)
+    _, _, model, optimizer, loss_fn = train_step.training_components(config)
+    _, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, device_mesh,
+                                                                  jax.random.key(0))
+    compiled = train_step.compile_train_step(config, model, loss_fn, optimizer, device_mesh, abstract_state,
+                                             shardings)
+    calls = [line for line in compiled.as_text().split("\n") if 'custom_call_target="tpu_custom_call"' in line]
+    for kernel in ("splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv"):
+        assert any(f"%{kernel}" in call for call in calls), (kernel, [call[:80] for call in calls])
+    # each device's kernels see its shard: [B / (data * fsdp), heads / tensor, L, dh], never the whole batch
+    shard = f"bf16[{8 // (mesh['data'] * mesh['fsdp'])},{12 // mesh['tensor']},1024,64]"
+    assert all(shard in call for call in calls), [call[:300] for call in calls]
+    assert progress.memory_summary(compiled)["total"] <= aot.hbm_per_device(devices)

@@ -2,6 +2,7 @@
 computes: reference parity, equal gradients, dropout behaviour, config errors, and the analytic FLOP count."""
 
 import dataclasses
+import functools
 
 import flax
 import jax
@@ -65,6 +66,31 @@ def test_plain_attention_values_and_gradients_match_autodiff_of_softmax():
     low = [u.astype(jnp.bfloat16) for u in (q, k, v)]
     out, vjp = jax.vjp(transformer.plain_attention, *low)
     assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in vjp(out))
+
+
+def test_splash_attention_kernel_matches_plain_attention(monkeypatch):
+    # The TPU kernel's own code through Pallas's interpreter, over two blocks of keys (the online softmax).
+    monkeypatch.setattr(transformer, "SPLASH_BLOCK", 128)
+    q, k, v, d_out = (3 * jax.random.normal(key, (2, 256, 2, 64)) for key in jax.random.split(jax.random.key(0), 4))
+    got, got_vjp = jax.vjp(functools.partial(transformer.splash_attention, interpret=True), q, k, v)
+    want, want_vjp = jax.vjp(transformer.plain_attention, q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip("qkv", got_vjp(d_out), want_vjp(d_out)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=f"d{name}")
+    # off TPUs (and for lengths the kernel does not take) it is plain attention
+    np.testing.assert_allclose(jax.jit(transformer.splash_attention)(q, k, v), want, rtol=1e-5, atol=1e-5)
+    short = [u[:, :24] for u in (q, k, v)]
+    np.testing.assert_allclose(transformer.splash_attention(*short, interpret=True),
+                               transformer.plain_attention(*short), rtol=1e-5, atol=1e-5)
+
+
+def test_splash_attention_needs_lengths_that_are_multiples_of_128():
+    with pytest.raises(ValueError, match=r"model.attention='splash' needs model.length to be a multiple of 128, "
+                                         r"got 16; use --config.model.attention=fused"):
+        models.get_model(_config(attention="splash"))
+    cfg = _config(attention="splash")
+    cfg.model.length = 256
+    models.get_model(cfg)  # accepted
 
 
 def _config(dropout=0.0, **execution):

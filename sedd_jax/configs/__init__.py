@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = models.model_config("small")
     c.model.compute_dtype = "bfloat16"    # "float32" or "bfloat16" (the reference's autocast policy)
     # How the network runs; none of these changes what it computes (bench/README.md has the figures).
-    c.model.attention = "fused"           # "fused": jax.nn.dot_product_attention (cuDNN flash on GPU); "plain"
+    c.model.attention = "fused"           # "fused": jax.nn.dot_product_attention (cuDNN flash on GPU); "plain";
+                                          # "splash": Pallas's splash kernel on TPU (lengths multiple of 128)
     c.model.scan_blocks = True            # blocks as one lax.scan: fast compiles and backward; same checkpoints
     c.model.remat = "dots_no_batch"       # backward recomputation: "none" | "dots" | "dots_no_batch" | "full"
     c.model.time_conditioning = True      # False (absorb only): a time-independent network, whose output samplers

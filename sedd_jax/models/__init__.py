@@ -53,6 +53,9 @@ def validate_model_config(config) -> None:
     attention, _, remat = execution_options(m)
     if attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"model.attention={attention!r}; choose one of {sorted(ATTENTION_IMPLEMENTATIONS)}")
+    if attention == "splash" and m.get("length", 128) % 128:
+        raise ValueError(f"model.attention='splash' needs model.length to be a multiple of 128, got {m.length}; "
+                         "use --config.model.attention=fused (or plain) for this length")
     if remat not in REMAT_POLICIES:
         raise ValueError(f"model.remat={remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 

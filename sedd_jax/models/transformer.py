@@ -18,6 +18,7 @@ axes): "vocab", "embed", "heads" (the fused q/k/v and attention output columns),
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -173,7 +174,51 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1]), implementation=implementation)
 
 
-ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention}
+SPLASH_BLOCK = 512  # splash attention's query and key block, or 256 or 128 where it does not divide the length
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Pallas's splash (flash) attention kernel on TPUs, the same function as `plain_attention` (same shapes, all
+    positions attend to all); on other platforms `plain_attention` itself, so a config with it runs anywhere.
+    `interpret=True` runs the kernel through Pallas's interpreter on any platform (tests). Sequence lengths must
+    be multiples of 128 (shorter or other lengths, e.g. `init`'s dummy input, take `plain_attention`). Under a device mesh (`jax.set_mesh`, as the trainer's steps are compiled) each
+    device runs the kernel on its shard (`jax.shard_map`: batch over data and fsdp, heads over tensor)."""
+    if q.shape[1] % 128:  # e.g. the 2-token dummy input of `init`; models.get_model rejects such model.length
+        return plain_attention(q, k, v)
+    kernel = functools.partial(_splash_attention_sharded, interpret=interpret)
+    if interpret:
+        return kernel(q, k, v)
+    return jax.lax.platform_dependent(q, k, v, tpu=kernel, default=plain_attention)
+
+
+def _splash_attention_sharded(q, k, v, interpret: bool):
+    mesh = jax.sharding.get_abstract_mesh()
+    local = functools.partial(_splash_attention_local, interpret=interpret)
+    if mesh.empty or mesh.size == 1:
+        return local(q, k, v)
+    heads = "tensor" if "tensor" in mesh.shape and q.shape[2] % mesh.shape["tensor"] == 0 else None
+    batch = tuple(axis for axis in ("data", "fsdp") if axis in mesh.shape)
+    spec = jax.sharding.PartitionSpec(batch, None, heads, None)
+    return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _splash_attention_local(q, k, v, interpret: bool):
+    """The kernel on q, k, v `[B, L, nh, dh]` -> `[B, L, nh, dh]` in v's dtype (the kernel accumulates in
+    float32)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash  # Pallas: imported when used
+
+    length, heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    block = next(b for b in (SPLASH_BLOCK, 256, 128) if length % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = splash.MultiHeadMask([splash.FullMask((length, length)) for _ in range(heads)])
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    q = q * jnp.asarray(1 / math.sqrt(head_dim), q.dtype)
+    q, k, v = (u.transpose(0, 2, 1, 3) for u in (q, k, v))  # [B, nh, L, dh]
+    return jax.vmap(kernel)(q, k, v).astype(v.dtype).transpose(0, 2, 1, 3)
+
+
+ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention, "splash": splash_attention}
 
 DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by every remat policy (1 byte per
                                # activation), so the backward never redraws them
