@@ -99,7 +99,13 @@ def make_draw_losses_fn(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples:
         return jax.jit(draws)
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     whole = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(draws, in_shardings=(whole, rows, rows, whole), out_shardings=rows)
+    jitted = jax.jit(draws, in_shardings=(whole, rows, rows, whole), out_shardings=rows)
+
+    def draw_on_mesh(*args):
+        with jax.set_mesh(mesh):  # for kernels that run per shard (splash attention's shard_map)
+            return jitted(*args)
+
+    return draw_on_mesh
 
 
 def local_mesh() -> Mesh:

@@ -25,6 +25,7 @@ identity (bound methods by their object and function).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from typing import Callable, Optional
@@ -409,12 +410,16 @@ def _sample_jit(score_fn, key, clamp_ids, *, graph, noise, batch_dims, predictor
     proj = get_infill_projector(np.asarray(positions, np.int32), clamp_ids) if positions else None
     sharding = None
     if shard_batch:
-        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch", None))
+        sharding = jax.sharding.NamedSharding(_batch_mesh(), jax.sharding.PartitionSpec("batch", None))
     sampler = get_pc_sampler(graph, noise, batch_dims, predictor, steps, denoise=denoise, eps=eps, proj_fun=proj,
                              method=method, progress_every=progress_every, batch_sharding=sharding, frames=frames,
                              skip_unchanged=skip_unchanged, rows_per_call=rows_per_call)
     return sampler(score_fn, key)
+
+
+def _batch_mesh() -> jax.sharding.Mesh:
+    """The 1-D mesh ("batch") over all devices that a sharded sampler splits its batch over."""
+    return jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
 
 
 def _shard_batch(batch_size: int) -> bool:
@@ -471,12 +476,15 @@ def sample_sequences(score_fn: ScoreFn, graph, noise, key, batch_size: int, leng
         bad = clamp_ids[(clamp_ids < 0) | (clamp_ids >= graph.tokens)]
         raise ValueError(f"token ids {bad[:8].tolist()} are outside the vocabulary [0, {graph.tokens}) of the "
                          "checkpoint's graph; tokenize the prompt with the checkpoint's tokenizer")
-    out = _sample_jit(_as_pytree_score_fn(score_fn), _as_key(key), jnp.asarray(clamp_ids, jnp.int32),
-                      graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
-                      steps=steps, denoise=bool(denoise), eps=eps, method=method,
-                      positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every),
-                      shard_batch=_shard_batch(int(batch_size)), frames=frames, skip_unchanged=bool(skip_unchanged),
-                      rows_per_call=rows_per_call)
+    shard_batch = _shard_batch(int(batch_size))
+    # the mesh in context lets kernels that run per shard (splash attention's shard_map) see the batch split
+    with jax.set_mesh(_batch_mesh()) if shard_batch else contextlib.nullcontext():
+        out = _sample_jit(_as_pytree_score_fn(score_fn), _as_key(key), jnp.asarray(clamp_ids, jnp.int32),
+                          graph=graph, noise=noise, batch_dims=(int(batch_size), int(length)), predictor=predictor,
+                          steps=steps, denoise=bool(denoise), eps=eps, method=method,
+                          positions=tuple(int(p) for p in clamp_positions), progress_every=int(progress_every),
+                          shard_batch=shard_batch, frames=frames, skip_unchanged=bool(skip_unchanged),
+                          rows_per_call=rows_per_call)
     out = jax.tree.map(lambda a: np.asarray(a, np.int32), out)
     if progress_every:
         jax.effects_barrier()  # flush the progress callbacks before returning

@@ -3,6 +3,10 @@ computes: reference parity, equal gradients, dropout behaviour, config errors, a
 
 import dataclasses
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import flax
 import jax
@@ -14,6 +18,7 @@ import pytest
 from sedd_jax import flops, models, pretrained
 from sedd_jax.models import transformer
 from tests.conftest import TINY_CHECKPOINT
+from tests.train_testing import REPO
 
 # The first is the reference's way; the others cover each option at least once in training.
 EXECUTIONS = [dict(attention="plain", scan_blocks=False, remat="none"),
@@ -82,6 +87,44 @@ def test_splash_attention_kernel_matches_plain_attention(monkeypatch):
     short = [u[:, :24] for u in (q, k, v)]
     np.testing.assert_allclose(transformer.splash_attention(*short, interpret=True),
                                transformer.plain_attention(*short), rtol=1e-5, atol=1e-5)
+
+
+SHARDED_SPLASH = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh
+from sedd_jax.models import transformer
+transformer.SPLASH_BLOCK = 128
+q, k, v = (jax.random.normal(key, (4, 256, 2, 64)) for key in jax.random.split(jax.random.key(0), 3))
+want = transformer.plain_attention(q, k, v)
+result = {}
+for name, shape, axes in (("trainer", (1, 2, 2), ("data", "fsdp", "tensor")), ("sampler", (4,), ("batch",))):
+    mesh = Mesh(np.array(jax.devices()).reshape(shape), axes)
+    for rows in (4, 1):
+        with jax.set_mesh(mesh):
+            f = jax.jit(lambda q, k, v: transformer.splash_attention(q, k, v, interpret=True))
+            got = f(q[:rows], k[:rows], v[:rows])
+            manual = [line for line in f.lower(q[:rows], k[:rows], v[:rows]).as_text().split("\n")
+                      if "sdy.manual_computation" in line]
+        result[f"{name}/{rows}"] = (float(jnp.abs(got - want[:rows]).max()), manual[0].split("out_shardings")[0])
+print("RESULT", json.dumps(result))
+"""
+
+
+def test_splash_attention_runs_per_shard_under_a_mesh():
+    # 4 CPU devices, the kernel through the interpreter: under the trainer's (data, fsdp, tensor) mesh and the
+    # sampler's ("batch",) mesh each device takes its rows (and heads over "tensor"); rows that do not split
+    # evenly (a skipping sampler's single row) go whole to every device. The values stay plain attention's.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", SHARDED_SPLASH], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert max(gap for gap, _ in result.values()) < 1e-5, result
+    q_spec = {name: shardings.split("<@mesh, ")[5].split(">")[0] for name, (_, shardings) in result.items()}
+    assert q_spec == {"trainer/4": '[{"data", "fsdp"}, {}, {"tensor"}, {}]', "trainer/1": '[{}, {}, {"tensor"}, {}]',
+                      "sampler/4": '[{"batch"}, {}, {}, {}]', "sampler/1": '[{}, {}, {}, {}]'}, q_spec
 
 
 def test_splash_attention_needs_lengths_that_are_multiples_of_128():

@@ -181,8 +181,10 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: boo
     """Pallas's splash (flash) attention kernel on TPUs, the same function as `plain_attention` (same shapes, all
     positions attend to all); on other platforms `plain_attention` itself, so a config with it runs anywhere.
     `interpret=True` runs the kernel through Pallas's interpreter on any platform (tests). Sequence lengths must
-    be multiples of 128 (shorter or other lengths, e.g. `init`'s dummy input, take `plain_attention`). Under a device mesh (`jax.set_mesh`, as the trainer's steps are compiled) each
-    device runs the kernel on its shard (`jax.shard_map`: batch over data and fsdp, heads over tensor)."""
+    be multiples of 128 (others, e.g. `init`'s 2-token dummy input, take `plain_attention`). Under a device mesh
+    (`jax.set_mesh`: the trainer's steps, the sampler and the likelihood evaluation set theirs) each device runs
+    the kernel on its shard (`jax.shard_map`: the batch over the mesh's axes other than "tensor", the heads over
+    "tensor")."""
     if q.shape[1] % 128:  # e.g. the 2-token dummy input of `init`; models.get_model rejects such model.length
         return plain_attention(q, k, v)
     kernel = functools.partial(_splash_attention_sharded, interpret=interpret)
@@ -197,7 +199,9 @@ def _splash_attention_sharded(q, k, v, interpret: bool):
     if mesh.empty or mesh.size == 1:
         return local(q, k, v)
     heads = "tensor" if "tensor" in mesh.shape and q.shape[2] % mesh.shape["tensor"] == 0 else None
-    batch = tuple(axis for axis in ("data", "fsdp") if axis in mesh.shape)
+    batch = tuple(axis for axis in mesh.axis_names if axis != "tensor")  # the trainer's data, fsdp; "batch"
+    if q.shape[0] % math.prod(mesh.shape[axis] for axis in batch):
+        batch = None  # e.g. the few rows a skipping sampler re-evaluates: every device takes them all
     spec = jax.sharding.PartitionSpec(batch, None, heads, None)
     return jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
