@@ -49,7 +49,8 @@ def test_owt_medium_fits_a_v5p_slice_with_fsdp_and_tensor():
 
 def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
     """model.attention='splash' puts Pallas's splash kernels (forward, dq, dkv) into the TPU train step, each
-    device running them on its shard of the batch (and of the heads under tensor parallelism), within HBM."""
+    device running them on its shard of the batch (and of the heads under tensor parallelism), within HBM; the
+    remat policy keeps the forward's residuals."""
     import jax
 
     from sedd_jax import parallel, progress, train_state, train_step
@@ -65,8 +66,9 @@ def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
     compiled = train_step.compile_train_step(config, model, loss_fn, optimizer, device_mesh, abstract_state,
                                              shardings)
     calls = [line for line in compiled.as_text().split("\n") if 'custom_call_target="tpu_custom_call"' in line]
-    for kernel in ("splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv"):
-        assert any(f"%{kernel}" in call for call in calls), (kernel, [call[:80] for call in calls])
+    # one forward (its output and log-sum-exp are kept for the backward, which never reruns it), dq and dkv
+    names = [call.split(" = ")[0].strip() for call in calls]
+    assert sorted(name.split("_")[2] for name in names) == ["dkv", "dq", "fwd"], names
     # each device's kernels see its shard: [B / (data * fsdp), heads / tensor, L, dh], never the whole batch
     shard = f"bf16[{8 // (mesh['data'] * mesh['fsdp'])},{12 // mesh['tensor']},1024,64]"
     assert all(shard in call for call in calls), [call[:300] for call in calls]

@@ -216,7 +216,8 @@ def _splash_attention_local(q, k, v, interpret: bool):
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     mask = splash.MultiHeadMask([splash.FullMask((length, length)) for _ in range(heads)])
-    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                    residual_checkpoint_name=ATTENTION_RESIDUALS)
     q = q * jnp.asarray(1 / math.sqrt(head_dim), q.dtype)
     q, k, v = (u.transpose(0, 2, 1, 3) for u in (q, k, v))  # [B, nh, L, dh]
     return jax.vmap(kernel)(q, k, v).astype(v.dtype).transpose(0, 2, 1, 3)
@@ -226,11 +227,13 @@ ATTENTION_IMPLEMENTATIONS = {"plain": plain_attention, "fused": fused_attention,
 
 DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by every remat policy (1 byte per
                                # activation), so the backward never redraws them
+ATTENTION_RESIDUALS = "attention_residuals"  # splash attention's output and row log-sum-exp: kept by every
+                                             # policy, so the backward never reruns the forward kernel
 
 
 def _keeping_dropout_masks(policy):
     return jax.checkpoint_policies.save_from_both_policies(
-        policy, jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK))
+        policy, jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, ATTENTION_RESIDUALS))
 
 
 # Rematerialisation policies for the blocks' backward pass (`SEDD.remat`): which forward values are kept.
