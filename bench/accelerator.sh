@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # SEDD-small in bfloat16 at length 1024 on one accelerator (GPU or TPU), in a few minutes: training MFU and
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
-# fused attention; training with the config's rematerialisation policy and without any. Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and
-# ml-collections: nothing of the data stack.
+# fused attention (and splash on TPUs); training with the config's rematerialisation policy and without any.
+# Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and ml-collections:
+# nothing of the data stack.
 #
 #   bash bench/accelerator.sh [RESULTS_DIR]          # figures go to stdout and RESULTS_DIR/accelerator.txt
 #
 # Environment overrides (defaults in brackets): SIZE [small], LENGTH [1024], BATCH [32], TRAIN_STEPS [10],
-# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused"], REMATS ["config none"], DTYPE [bfloat16],
-# WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
+# SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused", and splash on TPUs], REMATS ["config none"],
+# DTYPE [bfloat16], WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench-results}
@@ -33,7 +34,10 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16}
-for attention in ${ATTENTIONS:-plain fused}; do
+attentions="plain fused"
+# splash attention runs only on TPUs (elsewhere it is plain attention)
+[ "$(python3 -c 'import jax; print(jax.default_backend())')" = tpu ] && attentions="$attentions splash"
+for attention in ${ATTENTIONS:-$attentions}; do
     for remat in ${REMATS:-config none}; do  # "config": the config's policy (recomputes in the backward); none
         remat_flag=()
         [ "$remat" != config ] && remat_flag=(--remat="$remat")
