@@ -131,9 +131,25 @@ def test_splash_attention_needs_lengths_that_are_multiples_of_128():
     with pytest.raises(ValueError, match=r"model.attention='splash' needs model.length to be a multiple of 128, "
                                          r"got 16; use --config.model.attention=fused"):
         models.get_model(_config(attention="splash"))
-    cfg = _config(attention="splash")
-    cfg.model.length = 256
-    models.get_model(cfg)  # accepted
+
+
+def test_splash_network_trains_as_plain_attention_off_tpus():
+    # the whole network (scanned, rematerialised blocks) with model.attention='splash' on CPU: plain attention's
+    # loss and gradients (jax.lax.platform_dependent picks it), so one config runs everywhere
+    x = jax.random.randint(jax.random.key(2), (2, 128), 0, 21)
+    sigma = jnp.array([0.3, 2.0])
+    nets = {}
+    for attention in ("plain", "splash"):
+        cfg = _config(attention=attention, scan_blocks=True, remat="dots_no_batch")
+        cfg.model.length = 128
+        nets[attention] = models.get_model(cfg)
+    params = _perturbed_params(nets["plain"], x, sigma)
+    (want_value, want), (value, got) = (
+        jax.jit(jax.value_and_grad(lambda p: jnp.sum(jnp.sin(net.apply({"params": p}, x, sigma)))))(params)
+        for net in (nets["plain"], nets["splash"]))
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
 
 
 def _config(dropout=0.0, **execution):
