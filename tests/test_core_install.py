@@ -243,8 +243,8 @@ def test_core_install_data_command_names_the_train_extra(core_python, tmp_path):
 def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collections(installed, tmp_path):
     """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
     but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the
-    wheel in WHEELS (into a temporary folder) and prints every figure, for both attentions and both remat
-    settings (tiny settings, CPU)."""
+    wheel in WHEELS (into a temporary folder) and prints every figure, with the config's remat policy and with
+    none (tiny settings, CPU, fused attention)."""
     dists = {name: dist for name, dist in _closure(installed).items() if name != "ml-collections"}
     dists["pip"] = installed["pip"]
     python = _virtualenv(tmp_path / "venv", dists, installed)
@@ -256,7 +256,7 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     env.update(PATH=f"{os.path.dirname(python)}:{env['PATH']}", JAX_PLATFORMS="cpu", WHEELS=str(wheels),
                PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",  # offline: no index, no local wheel folders
                SIZE="tiny", LENGTH="32", BATCH="2", TRAIN_STEPS="1", SAMPLE_BATCH="2", SAMPLE_STEPS="2",
-               DTYPE="float32")
+               DTYPE="float32", ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
     # without the wheel: one message saying how to bring it, before anything runs
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
@@ -270,15 +270,14 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     log = (results / "accelerator.txt").read_text()
     sections = dict(section.split("\n", 1) for section in log.split("=== ")[1:])  # header -> output
-    for attention in ("plain", "fused"):
-        for remat, policy in (("config", "dots_no_batch"), ("none", "none")):  # the tiny config's, and none
-            train = sections[f"train: tiny float32 L=32 batch 2 attention={attention} remat={remat}"]
-            assert f"attention {attention}, scan_blocks True, remat {policy}" in train, train
-            assert "train step median" in train and "tokens/s" in train and "MFU" in train, train
-        sample = sections[f"sample: tiny float32 L=32 batch 2 attention={attention}"]
-        assert "bare forward + exp [2, 32, " in sample, sample
-        assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample), sample
-    assert len(sections) == 6, list(sections)
+    for remat, policy in (("config", "dots_no_batch"), ("none", "none")):  # the tiny config's, and none
+        train = sections[f"train: tiny float32 L=32 batch 2 attention=fused remat={remat}"]
+        assert f"attention fused, scan_blocks True, remat {policy}" in train, train
+        assert "train step median" in train and "tokens/s" in train and "MFU" in train, train
+    sample = sections["sample: tiny float32 L=32 batch 2 attention=fused"]
+    assert "bare forward + exp [2, 32, " in sample, sample
+    assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample), sample
+    assert len(sections) == 3, list(sections)
     assert "figures written to" in done.stdout
     # installed only for the run: the environment is as it was
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1
