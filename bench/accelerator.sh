@@ -34,10 +34,12 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16}
-attentions="plain fused"
-# splash attention runs only on TPUs (elsewhere it is plain attention)
-[ "$(python3 -c 'import jax; print(jax.default_backend())')" = tpu ] && attentions="$attentions splash"
-for attention in ${ATTENTIONS:-$attentions}; do
+attentions=${ATTENTIONS:-}
+if [ -z "$attentions" ]; then  # splash attention runs only on TPUs (elsewhere it is plain attention)
+    attentions="plain fused"
+    [ "$(python3 -c 'import jax; print(jax.default_backend())')" = tpu ] && attentions="$attentions splash"
+fi
+for attention in $attentions; do
     for remat in ${REMATS:-config none}; do  # "config": the config's policy (recomputes in the backward); none
         remat_flag=()
         [ "$remat" != config ] && remat_flag=(--remat="$remat")
