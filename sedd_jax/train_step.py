@@ -9,8 +9,24 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sedd_jax import graphs, losses, models, noise as noise_lib, parallel
+from sedd_jax import graphs, host_memory, losses, models, noise as noise_lib, parallel
 from sedd_jax.train_state import TrainState, apply_if_safe, create_optimizer, ema_decay, learning_rate_schedule
+
+
+# XLA's CPU compiler with its older fusion emitters: the same train step at the same speed (in one process,
+# interleaved: 640 against 644 ms, 1,203 against 1,194 ms of CPU time per step, issue 8's benchmark config), compiled
+# in ~50 MiB of compiler memory instead of ~540 MiB (bench/README.md). Only the train step: forward-only programs
+# (eval, samplers) are up to 10% slower with them.
+CPU_TRAIN_STEP_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def compile_lowered(lowered, mesh, cpu_options=None):
+    """`lowered.compile()`, with `cpu_options` as XLA compiler options when the mesh is of CPU devices; then hands
+    the compiler's freed memory back to the operating system (host_memory)."""
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    compiled = lowered.compile(compiler_options=cpu_options if on_cpu else None)
+    host_memory.release_freed_memory()
+    return compiled
 
 
 def training_components(config):
@@ -78,7 +94,8 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
                          in_shardings=(state_shardings, batch_sharding, replicated),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
     with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
-        return train_step.lower(abstract_state, batch_shape, key_shape).compile()
+        lowered = train_step.lower(abstract_state, batch_shape, key_shape)
+    return compile_lowered(lowered, mesh, CPU_TRAIN_STEP_COMPILER_OPTIONS)
 
 
 def compile_eval_step(config, model, mesh, abstract_state: TrainState):
@@ -100,8 +117,9 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
     batch = int(config.eval.batch_size)
     key = jax.random.key(0)
     with jax.set_mesh(mesh):
-        return eval_step.lower(
+        lowered = eval_step.lower(
             abstract_state.ema,
             jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
-            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)).compile()
+            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
+    return compile_lowered(lowered, mesh)
