@@ -21,10 +21,16 @@ CPU_TRAIN_STEP_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def compile_lowered(lowered, mesh, cpu_options=None):
-    """`lowered.compile()`, with `cpu_options` as XLA compiler options when the mesh is of CPU devices; then hands
-    the compiler's freed memory back to the operating system (host_memory)."""
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
-    compiled = lowered.compile(compiler_options=cpu_options if on_cpu else None)
+    """`lowered.compile()`, with `cpu_options` as XLA compiler options when the mesh is of CPU devices (XLA's
+    defaults where this jaxlib knows no such option); then hands the compiler's freed memory back to the operating
+    system (host_memory)."""
+    options = cpu_options if mesh.devices.flat[0].platform == "cpu" else None
+    try:
+        compiled = lowered.compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as e:
+        if not options or "No such compile option" not in str(e):
+            raise
+        compiled = lowered.compile()
     host_memory.release_freed_memory()
     return compiled
 
