@@ -22,15 +22,15 @@ import orbax.checkpoint as ocp
 
 from sedd_jax import checkpoints, configs, likelihood, models, parallel, progress
 from sedd_jax.train_state import TrainState, train_state_layout
-from sedd_jax.train_step import compile_eval_step, compile_lowered, compile_train_step, training_components
+from sedd_jax.train_step import compile_eval_step, compile_train_step, training_components
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive updates were skipped (non-finite or too large): the run stopped."""
 
 
-def _snapshot_sampler(config, model, graph, noise, mesh, abstract_ema):
-    """compiled (ema_params, key) -> int32[sampling.batch_size, L] samples for the snapshot text files, replicated."""
+def _snapshot_sampler(config, model, graph, noise, out_sharding):
+    """jitted (ema_params, key) -> int32[sampling.batch_size, L] samples for the snapshot text files."""
     from sedd_jax import sampling
 
     pc_sampler = sampling.get_pc_sampler(
@@ -42,11 +42,7 @@ def _snapshot_sampler(config, model, graph, noise, mesh, abstract_ema):
     def sample(params, key):
         return pc_sampler(lambda x, sigma: models.exp_score(model, params, x, sigma), key)
 
-    key = jax.random.key(0)
-    with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
-        lowered = jax.jit(sample, out_shardings=parallel.replicated(mesh)).lower(
-            abstract_ema, jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh)))
-    return compile_lowered(lowered, mesh)
+    return jax.jit(sample, out_shardings=out_sharding)
 
 
 @dataclasses.dataclass
@@ -59,7 +55,7 @@ class Trainer:
     train_step: Callable | None       # compiled (state, batch int32[B, L], key) -> (state, metrics); None: done
     eval_step: Callable | None        # compiled (ema params, blocks, ids, key) -> DWDSE draws float32[B_eval, K]
     eval_blocks: jax.Array            # int32[eval.batch_size, L]: the held-out blocks of every eval (fixed)
-    sampler: Callable | None          # compiled (ema params, key) -> int32[sampling.batch_size, L]; None: no snapshots
+    sampler: Callable | None          # jitted (ema params, key) -> int32[sampling.batch_size, L]; None: no snapshots
     data: Any                         # sedd_jax.data bundle: train_iter, eval_iter, tokenizer
     manager: ocp.CheckpointManager
     keys: dict                        # {"train", "eval", "sample"}: PRNG keys of the run
@@ -105,10 +101,9 @@ def setup(config, workdir: str) -> Trainer:
         train_step = compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, state_shardings)
         progress.report_memory(train_step, "train step")
         eval_step = compile_eval_step(config, model, mesh, abstract_state)
+        progress.log(f"compiled train and eval steps in {time.time() - started:.1f}s")
         if config.training.snapshot_sampling:
-            sampler = _snapshot_sampler(config, model, graph, noise, mesh, abstract_state.ema)
-        progress.log(f"compiled train and eval steps{' and the snapshot sampler' if sampler else ''} in "
-                     f"{time.time() - started:.1f}s")
+            sampler = _snapshot_sampler(config, model, graph, noise, parallel.replicated(mesh))
     eval_blocks = parallel.global_batch(next(bundle.eval_iter), mesh)       # the first eval batch, for good
     return Trainer(config, workdir, mesh, state, train_step, eval_step, eval_blocks, sampler, bundle, manager,
                    dict(train=train_key, eval=eval_key, sample=sample_key), changes)

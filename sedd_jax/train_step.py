@@ -13,24 +13,10 @@ from sedd_jax import graphs, host_memory, losses, models, noise as noise_lib, pa
 from sedd_jax.train_state import TrainState, apply_if_safe, create_optimizer, ema_decay, learning_rate_schedule
 
 
-# XLA's CPU compiler with its older fusion emitters: the same train step at the same speed (in one process,
-# interleaved: 640 against 644 ms, 1,203 against 1,194 ms of CPU time per step, issue 8's benchmark config), compiled
-# in ~50 MiB of compiler memory instead of ~540 MiB (bench/README.md). Only the train step: forward-only programs
-# (eval, samplers) are up to 10% slower with them.
-CPU_TRAIN_STEP_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-
-def compile_lowered(lowered, mesh, cpu_options=None):
-    """`lowered.compile()`, with `cpu_options` as XLA compiler options when the mesh is of CPU devices (XLA's
-    defaults where this jaxlib knows no such option); then hands the compiler's freed memory back to the operating
-    system (host_memory)."""
-    options = cpu_options if mesh.devices.flat[0].platform == "cpu" else None
-    try:
-        compiled = lowered.compile(compiler_options=options)
-    except jax.errors.JaxRuntimeError as e:
-        if not options or "No such compile option" not in str(e):
-            raise
-        compiled = lowered.compile()
+def _compile(lowered):
+    """`lowered.compile()`, then hands the compiler's freed memory back to the operating system (host_memory):
+    otherwise the step's own buffers come on top of it in the process's resident set."""
+    compiled = lowered.compile()
     host_memory.release_freed_memory()
     return compiled
 
@@ -101,7 +87,7 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
     with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
         lowered = train_step.lower(abstract_state, batch_shape, key_shape)
-    return compile_lowered(lowered, mesh, CPU_TRAIN_STEP_COMPILER_OPTIONS)
+    return _compile(lowered)
 
 
 def compile_eval_step(config, model, mesh, abstract_state: TrainState):
@@ -128,4 +114,4 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
             jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
-    return compile_lowered(lowered, mesh)
+    return _compile(lowered)

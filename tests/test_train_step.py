@@ -108,19 +108,3 @@ def test_unsafe_updates_are_skipped_and_counted_in_the_optimizer_state():
     new, _, _ = step(0.5)                                             # momentum 0.5 * 0.5 + 0.5: 1.5 <= 2 * 1
     np.testing.assert_allclose(new, 0.5 - 0.75)
     assert (int(state.consecutive), int(state.total)) == (0, 3)
-
-
-@pytest.mark.parametrize("cpu_options", [train_step.CPU_TRAIN_STEP_COMPILER_OPTIONS, {"xla_cpu_no_such_option": 1}])
-def test_compile_lowered_takes_the_cpu_options_or_xla_defaults_where_the_option_is_unknown(cpu_options):
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    lowered = jax.jit(lambda x: jnp.tanh(x) @ x.T).lower(jnp.ones((4, 3)))
-    compiled = train_step.compile_lowered(lowered, mesh, cpu_options)
-    x = jnp.arange(12.0).reshape(4, 3) / 10
-    np.testing.assert_allclose(compiled(x), np.tanh(np.asarray(x)) @ np.asarray(x).T, rtol=1e-6)
-
-
-def test_compile_lowered_reports_other_compile_errors():
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    lowered = jax.jit(lambda x: x + 1).lower(jnp.ones(3))
-    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_use_fusion_emitters"):
-        train_step.compile_lowered(lowered, mesh, {"xla_cpu_use_fusion_emitters": "not a bool"})
