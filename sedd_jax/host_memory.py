@@ -4,7 +4,7 @@ Compiling the train step of issue 8's CPU benchmark takes ~500 MiB of compiler m
 it is done, but glibc's malloc keeps freed memory in its heaps for later allocations, so it stays in the process's
 resident set, and the step's own buffers (mostly fresh `mmap`s) come on top of it: the process peaked at ~1,120 MiB
 where ~860 MiB were ever in use at once (bench/README.md). `release_freed_memory()` after a compile returns the
-free pages (`malloc_trim(0)`); `sedd_jax.train_step` calls it after compiling the train and eval steps.
+free pages (`malloc_trim(0)`); `sedd_jax.train_step` calls it after compiling the train and eval steps on CPUs.
 """
 
 from __future__ import annotations

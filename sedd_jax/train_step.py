@@ -13,11 +13,12 @@ from sedd_jax import graphs, host_memory, losses, models, noise as noise_lib, pa
 from sedd_jax.train_state import TrainState, apply_if_safe, create_optimizer, ema_decay, learning_rate_schedule
 
 
-def _compile(lowered):
-    """`lowered.compile()`, then hands the compiler's freed memory back to the operating system (host_memory):
-    otherwise the step's own buffers come on top of it in the process's resident set."""
+def _compile(lowered, mesh):
+    """`lowered.compile()`; on CPU meshes it then hands the compiler's freed memory back to the operating system
+    (host_memory), which otherwise sets the process's peak: the step's own buffers come on top of it."""
     compiled = lowered.compile()
-    host_memory.release_freed_memory()
+    if mesh.devices.flat[0].platform == "cpu":
+        host_memory.release_freed_memory()
     return compiled
 
 
@@ -87,7 +88,7 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
     with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
         lowered = train_step.lower(abstract_state, batch_shape, key_shape)
-    return _compile(lowered)
+    return _compile(lowered, mesh)
 
 
 def compile_eval_step(config, model, mesh, abstract_state: TrainState):
@@ -114,4 +115,4 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
             jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
-    return _compile(lowered)
+    return _compile(lowered, mesh)
