@@ -1,10 +1,10 @@
 """JAX's persistent compilation cache, as the command-line entry points turn it on.
 
 Compiling a program is slow: the train step of issue 8's CPU benchmark takes ~12 s (and ~540 MiB of compiler
-memory: see sedd_jax.host_memory); SEDD-medium on a TPU pod compiles for minutes. With the cache, a rerun, a resumed run (after a preemption) or a later sampling or evaluation of the
-same program loads the compiled program from disk instead. JAX keys an entry on the program, its shardings and
-devices, the jax/jaxlib versions and the XLA flags, so a changed config or a new jaxlib compiles afresh; what runs
-is the same program either way.
+memory: see sedd_jax.host_memory); SEDD-medium on a TPU pod compiles for minutes. With the cache, a rerun, a
+resumed run (after a preemption) or a later sampling or evaluation of the same program loads the compiled program
+from disk instead. JAX keys an entry on the program, its shardings and devices, the jax/jaxlib versions and the
+XLA flags, so a changed config or a new jaxlib compiles afresh; what runs is the same program either way.
 
 `sedd-train`, `sedd-sample`, `sedd-evaluate` and `sedd-evaluate-samples` call `enable(directory)` with their
 `--compilation_cache` flag; code that calls the library directly (a notebook) may call it too. Programs that

@@ -1,6 +1,6 @@
 """Handing the memory that XLA's compiler freed back to the operating system.
 
-Compiling the train step of issue 8's CPU benchmark takes ~500 MiB of compiler memory. The compiler frees it when
+Compiling the train step of issue 8's CPU benchmark takes ~540 MiB of compiler memory. The compiler frees it when
 it is done, but glibc's malloc keeps freed memory in its heaps for later allocations, so it stays in the process's
 resident set, and the step's own buffers (mostly fresh `mmap`s) come on top of it: the process peaked at ~1,120 MiB
 where ~860 MiB were ever in use at once (bench/README.md). `release_freed_memory()` after a compile returns the
