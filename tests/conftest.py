@@ -40,16 +40,7 @@ SLOW_MODULES = {"test_train.py", "test_train_step.py", "test_multiprocess_train.
                 "test_readme.py"}
 
 
-# The longest modules first (minutes each on 2 cores): `--dist loadfile` hands whole modules to the workers in
-# collection order, so a long module collected last would run alone at the end while the other worker idles.
-LONGEST_FIRST = ["test_train.py", "test_compile.py", "test_compile_slices.py", "test_multiprocess_train.py",
-                 "test_notebook.py", "test_core_install.py", "test_model_execution.py", "test_sampling.py",
-                 "test_time_independent.py", "test_readme.py", "test_train_step.py"]
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: the order within a module stays
