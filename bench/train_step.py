@@ -14,6 +14,7 @@ chip's data-sheet peak. Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
@@ -58,9 +59,10 @@ def main():
         return metrics
 
     common.time_calls(one_step, 2)
-    cpu_started = time.process_time()
+    cpu_started, faults_started = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = common.time_calls(one_step, args.steps)
     cpu_seconds = time.process_time() - cpu_started  # all of the process's threads
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_started
     t = common.median(times)
     tokens_per_s = b * length / t
     print(f"parameters {n_params:,}; compile {compile_s:.1f} s")
@@ -68,7 +70,8 @@ def main():
     print(f"train step median {t * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, "
           f"{args.steps} steps) | {tokens_per_s:,.0f} tokens/s | {common.peak_memory_line()}")
     print(f"process CPU time {cpu_seconds / args.steps * 1e3:.1f} ms per step (mean; "
-          f"{cpu_seconds / sum(times):.2f} cores busy on average)")
+          f"{cpu_seconds / sum(times):.2f} cores busy on average) | {faults / args.steps:,.0f} minor page faults per "
+          "step (a CPU step's temporaries are fresh memory on every call: bench/README.md)")
     per_token = flops.train_flops_per_token(config, graph.dim)
     achieved = per_token * tokens_per_s / jax.device_count()
     utilisation = flops.mfu(achieved, jax.devices()[0].device_kind, config.model.compute_dtype)
