@@ -13,12 +13,32 @@ from sedd_jax import graphs, host_memory, losses, models, noise as noise_lib, pa
 from sedd_jax.train_state import TrainState, apply_if_safe, create_optimizer, ema_decay, learning_rate_schedule
 
 
-def _compile(lowered, mesh):
-    """`lowered.compile()`; on CPU meshes it then hands the compiler's freed memory back to the operating system
-    (host_memory), which otherwise sets the process's peak: the step's own buffers come on top of it."""
-    compiled = lowered.compile()
-    if mesh.devices.flat[0].platform == "cpu":
-        host_memory.release_freed_memory()
+# The narrowest model.hidden_size that training.xla_cpu_emitters="auto" compiles with XLA's legacy CPU emitters.
+LEGACY_EMITTERS_MIN_WIDTH = 128
+
+
+def cpu_compiler_options(config) -> dict:
+    """XLA options for compiling a config's train and eval steps on CPUs (`training.xla_cpu_emitters`).
+
+    XLA's CPU fusion emitters (its default) hold ~540 MiB of compiler memory for issue 8's benchmark step, which
+    sets a first run's peak memory; its legacy emitters (`xla_cpu_use_fusion_emitters=False`) hold ~120 MiB,
+    compile about as fast from width 128 up (SEDD-small at 2 x 256: 1.3x longer) and run the step as fast, but
+    compile models of width 32 2.5-5.7x longer (bench/README.md). "auto" takes the legacy emitters from
+    `LEGACY_EMITTERS_MIN_WIDTH`. Returns `compiler_options` for `jax.stages.Lowered.compile`."""
+    choice = config.training.get("xla_cpu_emitters", "auto")
+    if choice == "auto":
+        choice = "legacy" if int(config.model.hidden_size) >= LEGACY_EMITTERS_MIN_WIDTH else "fusion"
+    return {"xla_cpu_use_fusion_emitters": False} if choice == "legacy" else {}
+
+
+def _compile(lowered, mesh, config):
+    """`lowered.compile()`, on CPU meshes with `cpu_compiler_options(config)`; there it then hands the compiler's
+    freed memory back to the operating system (host_memory), which otherwise sets the process's peak: the step's own
+    buffers come on top of it."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return lowered.compile()
+    compiled = lowered.compile(compiler_options=cpu_compiler_options(config))
+    host_memory.release_freed_memory()
     return compiled
 
 
@@ -88,7 +108,7 @@ def compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, 
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
     with jax.set_mesh(mesh):  # the mesh that kernels run per shard need (splash attention's shard_map)
         lowered = train_step.lower(abstract_state, batch_shape, key_shape)
-    return _compile(lowered, mesh)
+    return _compile(lowered, mesh, config)
 
 
 def compile_eval_step(config, model, mesh, abstract_state: TrainState):
@@ -115,4 +135,4 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
             jax.ShapeDtypeStruct((batch, int(config.model.length)), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding),
             jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated))
-    return _compile(lowered, mesh)
+    return _compile(lowered, mesh, config)

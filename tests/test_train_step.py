@@ -1,4 +1,5 @@
-"""The pure pieces of the trainer: warm-up, EMA, gradient accumulation, skipped non-finite updates."""
+"""The pure pieces of the trainer: warm-up, EMA, gradient accumulation, skipped non-finite updates, and how
+the steps are compiled on CPUs (training.xla_cpu_emitters)."""
 
 import flax
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from sedd_jax import models, parallel, train_state, train_step
+from sedd_jax import configs, models, parallel, train_state, train_step
 from tests.train_testing import config
 
 
@@ -108,3 +109,56 @@ def test_unsafe_updates_are_skipped_and_counted_in_the_optimizer_state():
     new, _, _ = step(0.5)                                             # momentum 0.5 * 0.5 + 0.5: 1.5 <= 2 * 1
     np.testing.assert_allclose(new, 0.5 - 0.75)
     assert (int(state.consecutive), int(state.total)) == (0, 3)
+
+
+LEGACY = {"xla_cpu_use_fusion_emitters": False}
+
+
+def test_cpu_compiler_options_follow_the_config(tmp_path):
+    c = config(tmp_path)                                              # auto, hidden 32: XLA's fusion emitters
+    assert c.training.xla_cpu_emitters == "auto" and train_step.cpu_compiler_options(c) == {}
+    c.model.hidden_size = train_step.LEGACY_EMITTERS_MIN_WIDTH        # auto from width 128: the legacy emitters
+    assert train_step.cpu_compiler_options(c) == LEGACY
+    c.training.xla_cpu_emitters = "fusion"
+    assert train_step.cpu_compiler_options(c) == {}
+    c.model.hidden_size, c.training.xla_cpu_emitters = 32, "legacy"
+    assert train_step.cpu_compiler_options(c) == LEGACY
+    del c.training["xla_cpu_emitters"]                                # a config saved before the field: auto
+    assert train_step.cpu_compiler_options(c) == {}
+    c.training.xla_cpu_emitters = "mlir"
+    with pytest.raises(ValueError, match=r"training.xla_cpu_emitters='mlir'; choose one of \('auto', 'legacy', "
+                                         r"'fusion'\)"):
+        configs.validate(c, device_count=1, process_count=1)
+
+
+def _compiled_step(c):
+    mesh = parallel.create_mesh(c)
+    _, _, model, optimizer, loss_fn = train_step.training_components(c)
+    init_state, abstract_state, shardings = train_state.train_state_layout(c, model, optimizer, mesh, jax.random.key(0))
+    step = train_step.compile_train_step(c, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+    return step, jax.jit(init_state, out_shardings=shardings)(jax.random.key(0)), mesh
+
+
+def test_cpu_compiles_pass_the_options_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_step, "cpu_compiler_options", lambda config: {"xla_no_such_option": True})
+    with pytest.raises(Exception, match="No such compile option: 'xla_no_such_option'"):
+        _compiled_step(config(tmp_path))
+
+
+def test_legacy_and_fusion_emitters_compile_the_same_train_step(tmp_path):
+    # Width 128, one block: both emitters compile it in seconds. The same update, up to float32 rounding.
+    results = []
+    for emitters in ("legacy", "fusion"):
+        c = config(tmp_path, model__hidden_size=128, model__n_heads=2, training__xla_cpu_emitters=emitters)
+        step, state, mesh = _compiled_step(c)
+        batch = jax.device_put(jax.random.randint(jax.random.key(2), (8, 32), 0, 28, dtype=jnp.int32),
+                               parallel.batch_sharding(mesh))
+        for _ in range(2):
+            state, metrics = step(state, batch, jax.random.key(3))
+        results.append((state, metrics))
+    (legacy, m_legacy), (fusion, m_fusion) = results
+    assert int(m_legacy["update_skipped"]) == int(m_fusion["update_skipped"]) == 0
+    np.testing.assert_allclose(m_legacy["train_loss"], m_fusion["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_legacy["grad_norm"], m_fusion["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(legacy.params), jax.tree.leaves(fusion.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
