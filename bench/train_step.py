@@ -21,7 +21,7 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import jax
 import numpy as np
 
-from sedd_jax import compilation_cache, flops, parallel, train_state, train_step
+from sedd_jax import compilation_cache, flops, host_memory, parallel, train_state, train_step
 
 
 def main():
@@ -32,6 +32,7 @@ def main():
                    help="persistent compilation cache directory, as sedd-train's flag (default: off; a second run "
                         "with the same directory loads the step instead of compiling it)")
     args = p.parse_args()
+    host_memory.run_cpu_programs_inline()  # as sedd-train: a CPU step reuses the memory of the previous one
     compilation_cache.enable(args.compilation_cache)
     config = common.config_from_flags(args)
     print(common.describe(config))
@@ -58,6 +59,7 @@ def main():
         state, metrics = step(state, batch, key)
         return metrics
 
+    host_memory.reuse_freed_memory()  # as the trainer does on CPUs for its runs of train steps
     common.time_calls(one_step, 2)
     cpu_started, faults_started = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = common.time_calls(one_step, args.steps)
@@ -71,7 +73,7 @@ def main():
           f"{args.steps} steps) | {tokens_per_s:,.0f} tokens/s | {common.peak_memory_line()}")
     print(f"process CPU time {cpu_seconds / args.steps * 1e3:.1f} ms per step (mean; "
           f"{cpu_seconds / sum(times):.2f} cores busy on average) | {faults / args.steps:,.0f} minor page faults per "
-          "step (a CPU step's temporaries are fresh memory on every call: bench/README.md)")
+          "step (on CPUs a step's temporaries are fresh memory unless it reuses the previous step's: bench/README.md)")
     per_token = flops.train_flops_per_token(config, graph.dim)
     achieved = per_token * tokens_per_s / jax.device_count()
     utilisation = flops.mfu(achieved, jax.devices()[0].device_kind, config.model.compute_dtype)

@@ -18,7 +18,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from sedd_jax import compilation_cache
+from sedd_jax import compilation_cache, host_memory
 from sedd_jax.configs import command_line
 
 config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
@@ -46,6 +46,7 @@ def main(argv):
     from sedd_jax import parallel, train
 
     try:
+        host_memory.run_cpu_programs_inline()  # before JAX starts: CPU steps then reuse their memory
         compilation_cache.enable(FLAGS.compilation_cache)
         parallel.initialize_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                       FLAGS.distributed, FLAGS.heartbeat_timeout)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sedd_jax import checkpoints, configs, likelihood, models, parallel, progress
+from sedd_jax import checkpoints, configs, host_memory, likelihood, models, parallel, progress
 from sedd_jax.train_state import TrainState, train_state_layout
 from sedd_jax.train_step import compile_eval_step, compile_train_step, training_components
 
@@ -141,14 +141,20 @@ def run(trainer: Trainer) -> dict:
     report = progress.TrainProgress(every_steps=int(t.log_freq), num_steps=n_iters, start_step=step,
                                     tokens_per_step=int(t.batch_size) * int(trainer.config.model.length))
     config_recorded, last = False, {}
+    # On CPUs each train step reuses the memory the previous one freed (host_memory); the evals, checkpoints and
+    # samples between them run other programs, so they start by handing it back.
+    on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
+    reuse_step_memory = lambda enabled: on_cpu and host_memory.reuse_freed_memory(enabled)
     try:
         with checkpoints.PreemptionWatch() as watch:
             while step < n_iters:
                 batch = parallel.global_batch(next(trainer.data.train_iter), trainer.mesh)
+                reuse_step_memory(True)
                 state, metrics = trainer.train_step(state, batch, trainer.keys["train"])
                 step += 1
                 scalars = dict(report(step, metrics))
                 if step % t.eval_freq == 0 or step == n_iters:
+                    reuse_step_memory(False)
                     scalars.update(_evaluate(trainer, state, step))
                 if scalars:
                     metrics_log.write(step, scalars)
@@ -159,11 +165,13 @@ def run(trainer: Trainer) -> dict:
                                                                     manager.latest_step()))
                 stopping = watch.should_stop(manager, step)
                 if stopping or manager.should_save(step):
+                    reuse_step_memory(False)
                     if not config_recorded:
                         checkpoints.record_config(trainer.workdir, trainer.config, step, trainer.config_changes)
                         config_recorded = True
                     checkpoints.save(manager, step, state, trainer.data.train_iter, force=True)
                 if trainer.sampler is not None and (step % t.snapshot_freq == 0 or step == n_iters):
+                    reuse_step_memory(False)
                     tokens = np.asarray(trainer.sampler(state.ema, jax.random.fold_in(trainer.keys["sample"], step)))
                     progress.write_samples(trainer.workdir, step, tokens, trainer.data.tokenizer, metrics_log)
                 if stopping:
