@@ -27,6 +27,7 @@ import functools
 # glibc's mallopt parameters (malloc.h), its default M_MMAP_MAX and the largest mmap threshold it adapts to (64-bit).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX, _MMAP_THRESHOLD_MAX, _INT_MAX = 65536, 32 * 2**20, 2**31 - 1
+_reusing = False  # the state reuse_freed_memory last set
 
 
 @functools.cache
@@ -72,13 +73,19 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     its top, where glibc's adaptive thresholds settle in a process that frees such blocks (which setting them
     fixes), and the freed memory held now is returned (`release_freed_memory()`).
 
-    Process-wide; returns whether the settings took, False where the C library is not glibc."""
+    Process-wide; a call that asks for the state already set does nothing. Returns whether the settings took,
+    False where the C library is not glibc."""
+    global _reusing
     mallopt = _glibc_function("mallopt")
     if mallopt is None:
         return False
+    if enabled == _reusing:
+        return True
     if enabled:
-        return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _INT_MAX))
-    took = (bool(mallopt(M_MMAP_MAX, _GLIBC_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
-            and bool(mallopt(M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)))
-    release_freed_memory()
+        took = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _INT_MAX))
+    else:
+        took = (bool(mallopt(M_MMAP_MAX, _GLIBC_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
+                and bool(mallopt(M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)))
+        release_freed_memory()
+    _reusing = enabled
     return took

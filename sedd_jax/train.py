@@ -142,7 +142,7 @@ def run(trainer: Trainer) -> dict:
                                     tokens_per_step=int(t.batch_size) * int(trainer.config.model.length))
     config_recorded, last = False, {}
     # On CPUs each train step reuses the memory the previous one freed (host_memory); the evals, checkpoints and
-    # samples between them run other programs, so they start by handing it back.
+    # samples between them run other programs, so they start by handing it back, as the end of the run does.
     on_cpu = trainer.mesh.devices.flat[0].platform == "cpu"
     reuse_step_memory = lambda enabled: on_cpu and host_memory.reuse_freed_memory(enabled)
     try:
@@ -183,6 +183,7 @@ def run(trainer: Trainer) -> dict:
             progress.log(f"finished step {step}: checkpoints in {manager.directory}, metrics in "
                          f"{trainer.workdir}/metrics.jsonl (and TensorBoard events), samples in {trainer.workdir}/samples")
     finally:
+        reuse_step_memory(False)
         manager.close()
         metrics_log.close()
     return last
