@@ -25,7 +25,7 @@ import functools
 
 
 # glibc's mallopt parameters (malloc.h), its default M_MMAP_MAX and the largest mmap threshold it adapts to (64-bit).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX, _MMAP_THRESHOLD_MAX, _INT_MAX = 65536, 32 * 2**20, 2**31 - 1
 _reusing = False  # the state reuse_freed_memory last set
 
@@ -82,10 +82,10 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     if enabled == _reusing:
         return True
     if enabled:
-        took = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _INT_MAX))
+        took = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
     else:
-        took = (bool(mallopt(M_MMAP_MAX, _GLIBC_MMAP_MAX)) and bool(mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
-                and bool(mallopt(M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)))
+        took = (bool(mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
+                and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)))
         release_freed_memory()
     _reusing = enabled
     return took

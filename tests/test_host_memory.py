@@ -7,16 +7,23 @@ import sys
 
 import pytest
 
-# A child process without JAX's threads: 2,048 blocks of 64 KiB (below malloc's mmap threshold, so they come from
-# the heap), every 16th kept, the rest freed. The kept blocks pin the heap, so glibc cannot shrink it from the top
-# and keeps the ~120 MiB of holes resident until they are released.
-_CHILD = """
-import ctypes, sys
-from sedd_jax import host_memory
-
+# The resident set of the child processes below, in MiB (prepended to their scripts).
+_RSS_MIB = """
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+"""
+
+_needs_glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or "libc.so" not in (ctypes.util.find_library("c") or ""),
+    reason="malloc_trim and mallopt are glibc's (Linux)")
+
+# A child process without JAX's threads: 2,048 blocks of 64 KiB (below malloc's mmap threshold, so they come from
+# the heap), every 16th kept, the rest freed. The kept blocks pin the heap, so glibc cannot shrink it from the top
+# and keeps the ~120 MiB of holes resident until they are released.
+_CHILD = _RSS_MIB + """
+import ctypes, sys
+from sedd_jax import host_memory
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -38,8 +45,7 @@ print(released, round(before - after), kept_intact)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "libc.so" not in (ctypes.util.find_library("c") or ""),
-                    reason="malloc_trim is glibc's (Linux)")
+@_needs_glibc
 def test_release_freed_memory_returns_freed_heap_pages_and_keeps_memory_in_use():
     out = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True).stdout.split()
     released, dropped_mib, kept_intact = out[0] == "True", int(out[1]), out[2] == "True"
@@ -51,7 +57,7 @@ def test_release_freed_memory_returns_freed_heap_pages_and_keeps_memory_in_use()
 # A child process calling a program whose temporaries are one 128 MiB block (sin(x) and its running sum), above the
 # 32 MiB up to which glibc serves allocations from its heap. Prints the minor page faults of the median call, then
 # how far the resident set fell when reuse was disabled (by default, when freed memory was released: 0-72 MiB).
-_STEP_CHILD = """
+_STEP_CHILD = _RSS_MIB + """
 import resource, sys
 from sedd_jax import host_memory
 
@@ -59,10 +65,6 @@ reuse = sys.argv[1] == "reuse"
 if reuse:
     host_memory.run_cpu_programs_inline()
 import jax, jax.numpy as jnp
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 x = jnp.ones((4096, 4096))
 program = jax.jit(lambda x: jnp.cumsum(jnp.sin(x), axis=0)[-8:]).lower(x).compile()
@@ -91,8 +93,7 @@ def _step_child(mode: str) -> tuple[int, int]:
     return int(out[0]), int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "libc.so" not in (ctypes.util.find_library("c") or ""),
-                    reason="mallopt is glibc's (Linux)")
+@_needs_glibc
 def test_repeated_cpu_calls_reuse_their_temporaries_when_run_inline_with_freed_memory_kept():
     fresh_faults, _ = _step_child("default")
     reused_faults, released_mib = _step_child("reuse")
