@@ -73,6 +73,20 @@ def test_plain_attention_values_and_gradients_match_autodiff_of_softmax():
     assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in vjp(out))
 
 
+def test_tanh_gelu_is_jax_gelu_with_its_closed_form_derivative():
+    u = 3 * jax.random.normal(jax.random.key(0), (64, 512))
+    d_out = jax.random.normal(jax.random.key(1), (64, 512))
+    out, vjp = jax.vjp(transformer.tanh_gelu, u)
+    np.testing.assert_array_equal(out, jax.nn.gelu(u, approximate=True))
+    x, g = np.asarray(u, np.float64), np.asarray(d_out, np.float64)
+    c, a = np.sqrt(2 / np.pi), 0.044715
+    t = np.tanh(c * (x + a * x ** 3))
+    want = g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * a * x * x))
+    np.testing.assert_allclose(vjp(d_out)[0], want, rtol=1e-6, atol=4e-6)
+    low, low_vjp = jax.vjp(transformer.tanh_gelu, u.astype(jnp.bfloat16))
+    assert low.dtype == jnp.bfloat16 and low_vjp(low)[0].dtype == jnp.bfloat16
+
+
 def test_splash_attention_kernel_matches_plain_attention(monkeypatch):
     # The TPU kernel's own code through Pallas's interpreter, over two blocks of keys (the online softmax).
     monkeypatch.setattr(transformer, "SPLASH_BLOCK", 128)

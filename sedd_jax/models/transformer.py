@@ -116,6 +116,39 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
 
 
+GELU_TANH_COEFFICIENT = math.sqrt(2 / math.pi)
+GELU_CUBIC_COEFFICIENT = 0.044715
+
+
+@jax.custom_vjp
+def tanh_gelu(u: jax.Array) -> jax.Array:
+    """GELU's tanh approximation, `jax.nn.gelu(u, approximate=True)` (the reference's `GELU("tanh")`), any shape.
+
+    The backward is written out and computed in float32 from u alone, in one pass: with z = c (u + a u^3),
+    gelu(u) = u sigmoid(2z), so d/du = s + 2 u s (1 - s) c (1 + 3 a u^2) with s = sigmoid(2z), and
+    s (1 - s) = e / (1 + e)^2 with e = exp(-2|z|) <= 1, which neither cancels nor overflows. Autodiff of the
+    forward stores tanh(z) and reads it back in a second pass (2% of the CPU train step, issue 8), and loses
+    digits where tanh(z) nears -1 (max error 1.3e-5 against 1e-6 here for u ~ N(0, 9))."""
+    return jax.nn.gelu(u, approximate=True)
+
+
+def _tanh_gelu_forward(u):
+    return tanh_gelu(u), u
+
+
+def _tanh_gelu_backward(u, d_out):
+    u = u.astype(jnp.float32)
+    z = GELU_TANH_COEFFICIENT * (u + GELU_CUBIC_COEFFICIENT * u * u * u)
+    e = jnp.exp(-2 * jnp.abs(z))
+    s = jnp.where(z >= 0, 1, e) / (1 + e)                                       # sigmoid(2z)
+    dz_du = GELU_TANH_COEFFICIENT * (1 + 3 * GELU_CUBIC_COEFFICIENT * u * u)
+    slope = s + 2 * u * e / jnp.square(1 + e) * dz_du
+    return ((d_out.astype(jnp.float32) * slope).astype(d_out.dtype),)
+
+
+tanh_gelu.defvjp(_tanh_gelu_forward, _tanh_gelu_backward)
+
+
 def plain_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Bidirectional softmax attention written out: q, k, v `[B, L, nh, dh]` -> `[B, L, nh, dh]` in v's dtype.
 
@@ -286,7 +319,7 @@ class DDiTBlock(nn.Module):
 
         mlp = TorchLinear(4 * h, ("embed", "mlp"), self.dtype, name="mlp_in")(
             modulate(LayerNorm(name="norm2")(x), shift_mlp, scale_mlp))
-        mlp = TorchLinear(h, ("mlp", "embed"), self.dtype, name="mlp_out")(nn.gelu(mlp, approximate=True))
+        mlp = TorchLinear(h, ("mlp", "embed"), self.dtype, name="mlp_out")(tanh_gelu(mlp))
         return x + gate_mlp[:, None] * drop(mlp)
 
 
