@@ -1,0 +1,180 @@
+"""The reference's train step, written in PyTorch from docs/sedd_reference.md (§1-4), to time side by side.
+
+    python bench/torch_reference.py [--steps=16] [--attention=sdpa|written] [--threads=2] [--length=256]
+
+Issue 8's targets are ratios to the official PyTorch code on the same machine. This script lets a machine
+measure that ratio without the official repository: the same network, loss and optimizer as the reference for
+issue 8's configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks, cond 128, length 256, batch 8,
+dropout 0.1, float32, AdamW with warm-up, gradient clipping at 1.0, EMA 0.9999), run eagerly as the reference
+runs. Attention is `torch.nn.functional.scaled_dot_product_attention` (the official code calls flash-attn, which
+has no CPU kernel) or, with `--attention=written`, softmax(q k^T / sqrt(d)) v written out. It prints the median
+step time, tokens/s, process CPU time per step and peak RSS; nothing is asserted.
+
+torch is not a dependency of sedd-jax: install it in a virtualenv of its own (`pip install torch numpy`) and
+run this script with that virtualenv's Python. Nothing in sedd_jax imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKENS, HIDDEN, HEADS, BLOCKS, COND, BATCH, DROPOUT = 1000, 256, 4, 4, 128, 8, 0.1
+VOCAB = TOKENS + 1  # the absorbing state is the last token
+SAMPLING_EPS, LR, WARMUP, GRAD_CLIP, EMA_DECAY = 1e-3, 3e-4, 2500, 1.0, 0.9999
+
+
+class LayerNorm(nn.Module):
+    """Weight-only LayerNorm in float32, eps 1e-5 (§1.4). x [B, L, H] -> [B, L, H]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), [x.shape[-1]]) * self.weight
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def rotate_half(u):
+    first, second = u.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def rotary_angles(length: int, head_dim: int):
+    """cos, sin [1, L, 1, dh] of GPT-NeoX rotary embeddings, base 10000, halves duplicated (§1.3)."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(length).float(), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)[None, :, None, :]
+    return angles.cos(), angles.sin()
+
+
+class Block(nn.Module):
+    """DDiT block with adaLN-zero modulation (§1.5). x [B, L, H] float32, c [B, C]."""
+
+    def __init__(self, attention: str):
+        super().__init__()
+        self.attention = attention
+        self.norm1, self.norm2 = LayerNorm(HIDDEN), LayerNorm(HIDDEN)
+        self.attn_qkv = nn.Linear(HIDDEN, 3 * HIDDEN, bias=False)
+        self.attn_out = nn.Linear(HIDDEN, HIDDEN, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(HIDDEN, 4 * HIDDEN), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * HIDDEN, HIDDEN))
+        self.adaLN_modulation = nn.Linear(COND, 6 * HIDDEN)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+        self.dropout = nn.Dropout(DROPOUT)
+
+    def forward(self, x, c, cos, sin):
+        b, length, _ = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaLN_modulation(c)[:, None].chunk(6, dim=2))
+        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
+        q, k, v = qkv.view(b, length, 3, HEADS, HIDDEN // HEADS).unbind(2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # [B, nh, L, dh]
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        out = self.attn_out(out.transpose(1, 2).reshape(b, length, HIDDEN))
+        x = x + gate_msa * self.dropout(out)
+        return x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+
+
+class ScoreNetwork(nn.Module):
+    """The SEDD network (§1): indices [B, L], sigma [B] -> log score [B, L, V]."""
+
+    def __init__(self, attention: str):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(VOCAB, HIDDEN))
+        nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
+        self.sigma_map = nn.Sequential(nn.Linear(256, COND), nn.SiLU(), nn.Linear(COND, COND))
+        self.blocks = nn.ModuleList(Block(attention) for _ in range(BLOCKS))
+        self.norm_final = LayerNorm(HIDDEN)
+        self.output = nn.Linear(HIDDEN, VOCAB)
+        self.final_adaLN = nn.Linear(COND, 2 * HIDDEN)
+        for layer in (self.output, self.final_adaLN):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, indices, sigma):
+        x = self.embedding[indices]
+        angles = sigma[:, None] * torch.exp(-math.log(10000) * torch.arange(128).float() / 128)
+        c = F.silu(self.sigma_map(torch.cat((angles.cos(), angles.sin()), dim=-1)))
+        cos, sin = rotary_angles(indices.shape[1], HIDDEN // HEADS)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        shift, scale = self.final_adaLN(c)[:, None].chunk(2, dim=2)
+        logits = self.output(modulate(self.norm_final(x), shift, scale))
+        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        logits = logits - esigm1.log()[:, None, None] - math.log(VOCAB - 1)
+        return torch.scatter(logits, -1, indices[..., None], torch.zeros_like(logits[..., :1]))
+
+
+def loss_fn(model, x0):
+    """Score entropy of the absorbing graph under the log-linear noise (§2.2, §3, §4.1): [B] nats per sequence."""
+    t = (1 - SAMPLING_EPS) * torch.rand(x0.shape[0]) + SAMPLING_EPS
+    total_noise = -torch.log1p(-(1 - SAMPLING_EPS) * t)
+    rate_noise = (1 - SAMPLING_EPS) / (1 - (1 - SAMPLING_EPS) * t)
+    xt = torch.where(torch.rand(x0.shape) < 1 - torch.exp(-total_noise)[:, None], TOKENS, x0)
+    log_score = model(xt, total_noise)
+    esigm1 = torch.where(total_noise < 0.5, torch.expm1(total_noise), total_noise.exp() - 1)[:, None]
+    ratio = 1 / esigm1
+    entropy = (log_score[..., :-1].exp().sum(-1) - ratio * torch.gather(log_score, -1, x0[..., None])[..., 0]
+               + ratio * (ratio.log() - 1))
+    return (rate_noise[:, None] * torch.where(xt == TOKENS, entropy, torch.zeros_like(entropy))).sum(-1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=16, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--attention", choices=("sdpa", "written"), default="sdpa")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own, one per core)")
+    p.add_argument("--length", type=int, default=256)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = ScoreNetwork(args.attention).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
+    ema = [param.detach().clone() for param in model.parameters()]
+    x0 = torch.from_numpy(np.random.default_rng(0).integers(0, TOKENS, (BATCH, args.length)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attention}, "
+          f"batch {BATCH} x length {args.length}")
+
+    wall, cpu = [], []
+    for step in range(args.steps + 2):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        loss = loss_fn(model, x0).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = LR * min((step + 1) / WARMUP, 1)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        with torch.no_grad():
+            for average, param in zip(ema, model.parameters()):
+                average.mul_(EMA_DECAY).add_(param, alpha=1 - EMA_DECAY)
+        if step >= 2:
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    median = float(np.median(wall))
+    print(f"train step median {median * 1e3:.1f} ms (min {min(wall) * 1e3:.1f}, max {max(wall) * 1e3:.1f}, "
+          f"{args.steps} steps) | {BATCH * args.length / median:,.0f} tokens/s | process CPU time "
+          f"{np.median(cpu) * 1e3:.1f} ms per step | peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | loss {loss.item():.2f}")
+
+
+if __name__ == "__main__":
+    main()
