@@ -1,14 +1,17 @@
-"""The reference's train step, written in PyTorch from docs/sedd_reference.md (§1-4), to time side by side.
+"""The reference's train step and samplers, written in PyTorch from docs/sedd_reference.md, to time side by side.
 
     python bench/torch_reference.py [--steps=16] [--attention=sdpa|written] [--threads=2] [--length=256]
+    python bench/torch_reference.py --sample=analytic|euler [--steps=128] [--repeats=2]
 
 Issue 8's targets are ratios to the official PyTorch code on the same machine. This script lets a machine
 measure that ratio without the official repository: the same network, loss and optimizer as the reference for
 issue 8's configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks, cond 128, length 256, batch 8,
 dropout 0.1, float32, AdamW with warm-up, gradient clipping at 1.0, EMA 0.9999), run eagerly as the reference
-runs. Attention is `torch.nn.functional.scaled_dot_product_attention` (the official code calls flash-attn, which
+runs; with --sample, a full sampler run of the absorbing graph (§5: all-MASK start, --steps predictor steps
+from t = 1 to 1e-5, the denoiser, exponential-race draws) with the network in eval mode under `torch.no_grad`,
+as bench/sample.py times sedd-jax's. Attention is `torch.nn.functional.scaled_dot_product_attention` (the official code calls flash-attn, which
 has no CPU kernel) or, with `--attention=written`, softmax(q k^T / sqrt(d)) v written out. It prints the median
-step time, tokens/s, process CPU time per step and peak RSS; nothing is asserted.
+step (or sampler run) time, tokens/s, process CPU time and peak RSS; nothing is asserted.
 
 torch is not a dependency of sedd-jax: install it in a virtualenv of its own (`pip install torch numpy`) and
 run this script with that virtualenv's Python. Nothing in sedd_jax imports it.
@@ -136,9 +139,58 @@ def loss_fn(model, x0):
     return (rate_noise[:, None] * torch.where(xt == TOKENS, entropy, torch.zeros_like(entropy))).sum(-1)
 
 
+def total_noise_of(t):
+    """The log-linear schedule's sigma_bar(t) (§3)."""
+    return -torch.log1p(-(1 - SAMPLING_EPS) * t)
+
+
+def sample_categorical(probs):
+    """argmax_j probs_j / E_j with E ~ Exp(1), the reference's "hard" draw (§5.5). probs [..., V] -> [...]."""
+    return (probs / (1e-10 - (torch.rand_like(probs) + 1e-10).log())).argmax(-1)
+
+
+def tweedie_probs(score, x, delta):
+    """staggered_score(s, delta) * transp_transition(x, delta) of the absorbing graph (§2.2, §5.3).
+    score [B, L, V], x [B, L], delta [B] -> [B, L, V]."""
+    per_position, per_entry = delta[:, None], delta[:, None, None]
+    staggered = score * per_entry.exp()
+    staggered[..., -1] = score[..., -1] + (1 - per_position.exp()) * score[..., :-1].sum(-1)
+    is_mask = (x == TOKENS)[..., None]
+    transition = torch.where(is_mask, 1 - (-per_entry).exp(), torch.zeros_like(score))
+    transition[..., -1] = torch.where(is_mask[..., 0], 1.0, 0.0)
+    transition = transition + (-per_entry).exp() * F.one_hot(x, VOCAB) * ~is_mask
+    return staggered * transition
+
+
+def sample(model, predictor: str, steps: int, length: int):
+    """One sampler run (§5.2-5.4): [B, L] tokens from an all-MASK start."""
+    eps = 1e-5
+    x = torch.full((BATCH, length), TOKENS)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    dt = (1 - eps) / steps
+    for i in range(steps):
+        t = timesteps[i].expand(BATCH)
+        sigma_bar = total_noise_of(t)
+        score = model(x, sigma_bar).exp()
+        if predictor == "analytic":
+            probs = tweedie_probs(score, x, sigma_bar - total_noise_of(t - dt))
+        else:
+            rate_noise = (1 - SAMPLING_EPS) / (1 - (1 - SAMPLING_EPS) * t)
+            is_mask = (x == TOKENS)[..., None]
+            rate = torch.where(is_mask, score, torch.zeros_like(score))
+            rate[..., -1] = torch.where(is_mask[..., 0], -score[..., :-1].sum(-1), 0.0)
+            probs = F.one_hot(x, VOCAB) + dt * rate_noise[:, None, None] * rate
+        x = sample_categorical(probs)
+    sigma_bar = total_noise_of(timesteps[-1].expand(BATCH))
+    return sample_categorical(tweedie_probs(model(x, sigma_bar).exp(), x, sigma_bar)[..., :-1])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=16, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed train steps after 2 warm-up steps (default 16), or predictor steps with --sample (128)")
+    p.add_argument("--sample", choices=("analytic", "euler"), default=None, help="time a sampler instead")
+    p.add_argument("--repeats", type=int, default=2, help="timed sampler runs (after one warm-up run)")
     p.add_argument("--attention", choices=("sdpa", "written"), default="sdpa")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own, one per core)")
     p.add_argument("--length", type=int, default=256)
@@ -146,6 +198,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.sample:
+        return time_sampler(args)
+    args.steps = args.steps or 16
     model = ScoreNetwork(args.attention).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
     ema = [param.detach().clone() for param in model.parameters()]
@@ -174,6 +229,26 @@ def main():
           f"{args.steps} steps) | {BATCH * args.length / median:,.0f} tokens/s | process CPU time "
           f"{np.median(cpu) * 1e3:.1f} ms per step | peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | loss {loss.item():.2f}")
+
+
+def time_sampler(args):
+    steps = args.steps or 128
+    model = ScoreNetwork(args.attention).eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attention}, "
+          f"batch {BATCH} x length {args.length}, {args.sample} sampler, {steps} steps + denoiser")
+    wall, cpu = [], []
+    with torch.no_grad():
+        for run in range(args.repeats + 1):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            tokens = sample(model, args.sample, steps, args.length)
+            if run:
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < TOKENS, "the denoiser left a MASK"
+    median = float(np.median(wall))
+    print(f"sampler run median {median:.2f} s ({median / (steps + 1) * 1e3:.1f} ms per network evaluation; runs "
+          f"{', '.join(f'{w:.2f}' for w in wall)} s) | {BATCH * args.length / median:,.0f} tokens/s | process CPU "
+          f"time {np.median(cpu):.2f} s per run | peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
