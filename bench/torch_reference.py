@@ -9,8 +9,9 @@ issue 8's configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks, cond
 dropout 0.1, float32, AdamW with warm-up, gradient clipping at 1.0, EMA 0.9999), run eagerly as the reference
 runs; with --sample, a full sampler run of the absorbing graph (§5: all-MASK start, --steps predictor steps
 from t = 1 to 1e-5, the denoiser, exponential-race draws) with the network in eval mode under `torch.no_grad`,
-as bench/sample.py times sedd-jax's. Attention is `torch.nn.functional.scaled_dot_product_attention` (the official code calls flash-attn, which
-has no CPU kernel) or, with `--attention=written`, softmax(q k^T / sqrt(d)) v written out. It prints the median
+as bench/sample.py times sedd-jax's. Attention is `torch.nn.functional.scaled_dot_product_attention` (the
+official code calls flash-attn, which has no CPU kernel) or, with `--attention=written`, softmax(q k^T /
+sqrt(d)) v written out. It prints the median
 step (or sampler run) time, tokens/s, process CPU time and peak RSS; nothing is asserted.
 
 torch is not a dependency of sedd-jax: install it in a virtualenv of its own (`pip install torch numpy`) and
@@ -232,6 +233,7 @@ def main():
 
 
 def time_sampler(args):
+    """Times --repeats sampler runs after one warm-up run and prints their median."""
     steps = args.steps or 128
     model = ScoreNetwork(args.attention).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attention}, "
