@@ -248,9 +248,10 @@ def time_sampler(args):
                 cpu.append(time.process_time() - start_cpu)
     assert 0 <= int(tokens.min()) and int(tokens.max()) < TOKENS, "the denoiser left a MASK"
     median = float(np.median(wall))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"sampler run median {median:.2f} s ({median / (steps + 1) * 1e3:.1f} ms per network evaluation; runs "
           f"{', '.join(f'{w:.2f}' for w in wall)} s) | {BATCH * args.length / median:,.0f} tokens/s | process CPU "
-          f"time {np.median(cpu):.2f} s per run | peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"time {np.median(cpu):.2f} s per run | peak RSS {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":
