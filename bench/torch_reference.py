@@ -32,7 +32,23 @@ from torch import nn
 
 TOKENS, HIDDEN, HEADS, BLOCKS, COND, BATCH, DROPOUT = 1000, 256, 4, 4, 128, 8, 0.1
 VOCAB = TOKENS + 1  # the absorbing state is the last token
-SAMPLING_EPS, LR, WARMUP, GRAD_CLIP, EMA_DECAY = 1e-3, 3e-4, 2500, 1.0, 0.9999
+NOISE_EPS, SAMPLING_EPS, SAMPLER_EPS = 1e-3, 1e-3, 1e-5  # log-linear schedule, training's t ~ U[eps, 1], samplers
+LR, WARMUP, GRAD_CLIP, EMA_DECAY = 3e-4, 2500, 1.0, 0.9999
+
+
+def total_noise_of(t):
+    """The log-linear schedule's sigma_bar(t) (§3). t [B] -> [B]."""
+    return -torch.log1p(-(1 - NOISE_EPS) * t)
+
+
+def rate_noise_of(t):
+    """The log-linear schedule's sigma(t) = d sigma_bar / dt (§3). t [B] -> [B]."""
+    return (1 - NOISE_EPS) / (1 - (1 - NOISE_EPS) * t)
+
+
+def expm1_of(total_noise):
+    """e^sigma_bar - 1 as the reference computes it (§1.8). [B] -> [B]."""
+    return torch.where(total_noise < 0.5, torch.expm1(total_noise), total_noise.exp() - 1)
 
 
 class LayerNorm(nn.Module):
@@ -121,28 +137,20 @@ class ScoreNetwork(nn.Module):
             x = block(x, c, cos, sin)
         shift, scale = self.final_adaLN(c)[:, None].chunk(2, dim=2)
         logits = self.output(modulate(self.norm_final(x), shift, scale))
-        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
-        logits = logits - esigm1.log()[:, None, None] - math.log(VOCAB - 1)
+        logits = logits - expm1_of(sigma).log()[:, None, None] - math.log(VOCAB - 1)
         return torch.scatter(logits, -1, indices[..., None], torch.zeros_like(logits[..., :1]))
 
 
 def loss_fn(model, x0):
     """Score entropy of the absorbing graph under the log-linear noise (§2.2, §3, §4.1): [B] nats per sequence."""
     t = (1 - SAMPLING_EPS) * torch.rand(x0.shape[0]) + SAMPLING_EPS
-    total_noise = -torch.log1p(-(1 - SAMPLING_EPS) * t)
-    rate_noise = (1 - SAMPLING_EPS) / (1 - (1 - SAMPLING_EPS) * t)
+    total_noise = total_noise_of(t)
     xt = torch.where(torch.rand(x0.shape) < 1 - torch.exp(-total_noise)[:, None], TOKENS, x0)
     log_score = model(xt, total_noise)
-    esigm1 = torch.where(total_noise < 0.5, torch.expm1(total_noise), total_noise.exp() - 1)[:, None]
-    ratio = 1 / esigm1
+    ratio = 1 / expm1_of(total_noise)[:, None]
     entropy = (log_score[..., :-1].exp().sum(-1) - ratio * torch.gather(log_score, -1, x0[..., None])[..., 0]
                + ratio * (ratio.log() - 1))
-    return (rate_noise[:, None] * torch.where(xt == TOKENS, entropy, torch.zeros_like(entropy))).sum(-1)
-
-
-def total_noise_of(t):
-    """The log-linear schedule's sigma_bar(t) (§3)."""
-    return -torch.log1p(-(1 - SAMPLING_EPS) * t)
+    return (rate_noise_of(t)[:, None] * torch.where(xt == TOKENS, entropy, torch.zeros_like(entropy))).sum(-1)
 
 
 def sample_categorical(probs):
@@ -165,10 +173,9 @@ def tweedie_probs(score, x, delta):
 
 def sample(model, predictor: str, steps: int, length: int):
     """One sampler run (§5.2-5.4): [B, L] tokens from an all-MASK start."""
-    eps = 1e-5
     x = torch.full((BATCH, length), TOKENS)
-    timesteps = torch.linspace(1, eps, steps + 1)
-    dt = (1 - eps) / steps
+    timesteps = torch.linspace(1, SAMPLER_EPS, steps + 1)
+    dt = (1 - SAMPLER_EPS) / steps
     for i in range(steps):
         t = timesteps[i].expand(BATCH)
         sigma_bar = total_noise_of(t)
@@ -176,11 +183,10 @@ def sample(model, predictor: str, steps: int, length: int):
         if predictor == "analytic":
             probs = tweedie_probs(score, x, sigma_bar - total_noise_of(t - dt))
         else:
-            rate_noise = (1 - SAMPLING_EPS) / (1 - (1 - SAMPLING_EPS) * t)
             is_mask = (x == TOKENS)[..., None]
             rate = torch.where(is_mask, score, torch.zeros_like(score))
             rate[..., -1] = torch.where(is_mask[..., 0], -score[..., :-1].sum(-1), 0.0)
-            probs = F.one_hot(x, VOCAB) + dt * rate_noise[:, None, None] * rate
+            probs = F.one_hot(x, VOCAB) + dt * rate_noise_of(t)[:, None, None] * rate
         x = sample_categorical(probs)
     sigma_bar = total_noise_of(timesteps[-1].expand(BATCH))
     return sample_categorical(tweedie_probs(model(x, sigma_bar).exp(), x, sigma_bar)[..., :-1])
