@@ -40,6 +40,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remat", default=None, choices=sorted(models.REMAT_POLICIES), help="default: the config's")
     parser.add_argument("--time_conditioning", type=int, default=None, choices=(0, 1),
                         help="0: a time-independent network (absorb); default: the config's (1)")
+    parser.add_argument("--masked_positions_only", type=int, default=None, choices=(0, 1),
+                        help="absorb, training: the last layers and the loss at masked positions only; default: "
+                             "the config's (1)")
 
 
 def config_from_flags(args):
@@ -61,6 +64,8 @@ def config_from_flags(args):
         c.model.scan_blocks = bool(args.scan_blocks)
     if args.time_conditioning is not None:
         c.model.time_conditioning = bool(args.time_conditioning)
+    if args.masked_positions_only is not None:
+        c.training.masked_positions_only = bool(args.masked_positions_only)
     c.training.batch_size = args.batch_size
     c.eval.batch_size = args.batch_size
     configs.validate(c)
@@ -72,7 +77,9 @@ def describe(config) -> str:
     return (f"{m.name}: hidden {m.hidden_size}, {m.n_heads} heads, {m.n_blocks} blocks, cond {m.cond_dim}, "
             f"tokens {config.tokens} {config.graph.type}, L {m.length}, batch {config.training.batch_size}, "
             f"{m.compute_dtype}, dropout {m.dropout}, attention {m.attention}, scan_blocks {m.scan_blocks}, "
-            f"remat {m.remat}{'' if m.time_conditioning else ', time-independent'}")
+            f"remat {m.remat}{'' if m.time_conditioning else ', time-independent'}"
+            + (f", train: last layers at {'masked' if config.training.masked_positions_only else 'all'} positions"
+               if config.graph.type == "absorb" else ""))
 
 
 def device_line() -> str:

@@ -19,7 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from sedd_jax import graphs
+from sedd_jax import graphs, positions
 
 LogScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x int[B, L], sigma float[B]) -> float[B, L, dim]
 
@@ -34,12 +34,7 @@ def get_loss_fn(noise, graph: graphs.Graph, train: bool, sampling_eps: float = 1
     t: optional float[B] times; perturbed_batch: optional int[B, L] x_t (then nothing is sampled for it).
     """
     del train
-
-    def sequence_time(key: jax.Array) -> jax.Array:
-        return (1 - sampling_eps) * jax.random.uniform(key, (), jnp.float32) + sampling_eps
-
-    def sequence_perturb(key: jax.Array, x0: jax.Array, total_noise: jax.Array) -> jax.Array:
-        return graph.sample_transition(key, x0, total_noise)
+    draw = _draw_fn(noise, graph, sampling_eps)
 
     def sequence_loss(log_score: jax.Array, total_noise: jax.Array, rate_noise: jax.Array, xt: jax.Array,
                       x0: jax.Array) -> jax.Array:
@@ -48,6 +43,22 @@ def get_loss_fn(noise, graph: graphs.Graph, train: bool, sampling_eps: float = 1
 
     def loss_fn(log_score_fn: LogScoreFn, key: jax.Array, x0: jax.Array, t: jax.Array | None = None,
                 perturbed_batch: jax.Array | None = None) -> jax.Array:
+        total_noise, rate_noise, perturbed_batch = draw(key, x0, t, perturbed_batch)
+        log_score = log_score_fn(perturbed_batch, total_noise)
+        chex.assert_shape(log_score, x0.shape + (graph.dim,))
+        return jax.vmap(sequence_loss)(log_score, total_noise, rate_noise, perturbed_batch, x0)
+
+    return loss_fn
+
+
+def _draw_fn(noise, graph: graphs.Graph, sampling_eps: float):
+    """`draw(key, x0 int[B, L], t=None, perturbed_batch=None) -> (total noise float[B], rate float[B], x_t
+    int[B, L])`: the loss's times and perturbation, drawn from `key` where not given."""
+
+    def sequence_time(key: jax.Array) -> jax.Array:
+        return (1 - sampling_eps) * jax.random.uniform(key, (), jnp.float32) + sampling_eps
+
+    def draw(key: jax.Array, x0: jax.Array, t: jax.Array | None = None, perturbed_batch: jax.Array | None = None):
         chex.assert_rank(x0, 2)
         batch = x0.shape[0]
         time_key, perturb_key = jax.random.split(key)
@@ -56,10 +67,81 @@ def get_loss_fn(noise, graph: graphs.Graph, train: bool, sampling_eps: float = 1
         chex.assert_shape(t, (batch,))
         total_noise, rate_noise = noise(t)
         if perturbed_batch is None:
-            perturbed_batch = jax.vmap(sequence_perturb)(jax.random.split(perturb_key, batch), x0, total_noise)
+            perturbed_batch = jax.vmap(graph.sample_transition)(jax.random.split(perturb_key, batch), x0,
+                                                                 total_noise)
         chex.assert_equal_shape([perturbed_batch, x0])
-        log_score = log_score_fn(perturbed_batch, total_noise)
-        chex.assert_shape(log_score, x0.shape + (graph.dim,))
-        return jax.vmap(sequence_loss)(log_score, total_noise, rate_noise, perturbed_batch, x0)
+        return total_noise, rate_noise, perturbed_batch
 
-    return loss_fn
+    return draw
+
+
+class MaskedPositionsLoss:
+    """The absorbing graph's DWDSE loss and its gradient, with the network's last layers run at masked positions
+    only.
+
+    The absorbing score entropy is 0 wherever x_t is not MASK (`graphs.Absorbing.score_entropy`), and about half
+    of the positions are not. `get_loss_fn`'s loss with a `SEDD` network spends the last block's feed-forward
+    half, the output layer and the loss there all the same. This one runs `SEDD.trunk` on the whole batch, then
+    `SEDD.head` (the rest) and the loss in chunks of 1/`chunks` of each group of rows' positions, masked ones
+    first, for as many chunks as the group with the most masked positions needs (a `lax.fori_loop`: one
+    compiled chunk, whatever the number). Each chunk takes its gradient within the loop (head parameters summed,
+    the trunk's outputs' cotangents scattered back), so only one chunk's intermediates (its logits among them)
+    exist at a time; the gradient then flows through the trunk by `jax.vjp`. The loss and gradient equal
+    `get_loss_fn`'s up to float32 rounding (dropout masks aside: the head draws its own per chunk).
+
+    `__call__(trunk_fn, head_fn, head_params, params, key, x0, groups) -> (mean loss over the batch, grads)`:
+      trunk_fn(params, x_t, sigma) -> (per_position, per_row) and head_fn(params, per_position, per_row, sigma,
+      indices, chunk) -> log score: `SEDD.trunk` and `SEDD.head` applied with those params (head_fn's chunk: an
+      int32 index, for its dropout key). head_params: the top-level entries of params that head_fn uses
+      (`SEDD.head_param_names`). key, x0 int[B, L], t, perturbed_batch: as for `get_loss_fn`'s loss (the same
+      key draws the same times and x_t). groups: S, dividing B (the trainer: one group per data shard).
+    """
+
+    def __init__(self, noise, graph: graphs.Graph, sampling_eps: float = 1e-3, chunks: int = 16):
+        if not graph.absorb:
+            raise ValueError("the loss at masked positions only needs the absorbing graph (graph.type='absorb'): "
+                             "under the uniform graph every position has a loss")
+        if chunks < 1:
+            raise ValueError(f"chunks must be >= 1, got {chunks}")
+        self.graph, self.chunks = graph, chunks
+        self.draw = _draw_fn(noise, graph, sampling_eps)
+
+    def __call__(self, trunk_fn, head_fn, head_params: tuple[str, ...], params, key: jax.Array, x0: jax.Array,
+                 groups: int, t: jax.Array | None = None, perturbed_batch: jax.Array | None = None):
+        batch, length = x0.shape
+        if batch % groups:
+            raise ValueError(f"{batch} rows do not split into {groups} equal groups")
+        total_noise, rate_noise, xt = self.draw(key, x0, t, perturbed_batch)
+        (per_position, per_row), trunk_vjp = jax.vjp(lambda p: trunk_fn(p, xt, total_noise), params)
+        size = batch // groups * length
+        chunk = -(-size // self.chunks)
+        order, most = positions.selected_first(xt == self.graph.mask_id, groups)
+        order = jnp.pad(order, ((0, 0), (0, self.chunks * chunk - size)))   # padding: position 0, weighted 0 below
+        head = {name: params[name] for name in head_params}
+
+        def chunk_loss(head, per_position_at, per_row, chosen, start, index):
+            rows = positions.rows(chosen, batch, length)
+            sigma, xt_at = total_noise[rows], positions.gather(xt, chosen)
+            log_score = head_fn({**params, **head}, per_position_at, jax.tree.map(lambda u: u[rows], per_row),
+                                sigma, xt_at, index)                                      # [S, chunk, dim]
+            entropy = self.graph.score_entropy(log_score, sigma, xt_at, positions.gather(x0, chosen))
+            weight = jnp.where(start + jnp.arange(chunk) < size, rate_noise[rows], 0.0)   # [S, chunk]
+            return (weight * entropy).sum() / batch
+
+        def add_chunk(index, carry):
+            loss, head_grads, position_cotangents, row_cotangents = carry
+            start = index * chunk
+            chosen = jax.lax.dynamic_slice_in_dim(order, start, chunk, axis=1)
+            at = jax.tree.map(lambda u: positions.gather(u, chosen), per_position)
+            value, (d_head, d_at, d_rows) = jax.value_and_grad(chunk_loss, argnums=(0, 1, 2))(
+                head, at, per_row, chosen, start, index)
+            return (loss + value, jax.tree.map(jnp.add, head_grads, d_head),
+                    jax.tree.map(lambda c, d: positions.scatter_add(c, chosen, d), position_cotangents, d_at),
+                    jax.tree.map(jnp.add, row_cotangents, d_rows))
+
+        zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+        loss, head_grads, position_cotangents, row_cotangents = jax.lax.fori_loop(
+            0, -(-most // chunk), add_chunk, (jnp.zeros((), jnp.float32), zeros(head), zeros(per_position),
+                                              zeros(per_row)))
+        (grads,) = trunk_vjp((position_cotangents, row_cotangents))
+        return loss, {**grads, **{name: jax.tree.map(jnp.add, grads[name], head_grads[name]) for name in head}}

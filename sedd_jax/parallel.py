@@ -149,6 +149,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many parts the batch axis is split into: mesh.data x mesh.fsdp."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
 def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
     """This host's rows `[B / process_count, L]` -> the global `[B, L]` array sharded over (data, fsdp)."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)

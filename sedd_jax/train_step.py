@@ -43,11 +43,17 @@ def _compile(lowered, mesh, config):
 
 
 def training_components(config):
-    """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from."""
+    """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from. The
+    absorbing graph's loss is `losses.MaskedPositionsLoss` (the last layers at masked positions only) unless
+    `training.masked_positions_only` is off."""
     graph = graphs.get_graph(config.graph.type, config.tokens)
     noise = noise_lib.from_config(config)
     model = models.get_model(config, config.model.compute_dtype)
-    loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
+    if graph.absorb and config.training.get("masked_positions_only", True):
+        loss_fn = losses.MaskedPositionsLoss(noise, graph, config.training.sampling_eps,
+                                             int(config.training.get("position_chunks", 16)))
+    else:
+        loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
     return graph, noise, model, create_optimizer(config), loss_fn
 
 
@@ -64,7 +70,19 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
                                                     rngs={"dropout": dropout_key})
         return loss_fn(log_score_fn, loss_key, x0).mean()
 
-    grad_fn = jax.value_and_grad(micro_loss)
+    def micro_loss_at_masked_positions(params, x0, key):
+        loss_key, dropout_key = jax.random.split(key)
+        trunk_key, head_key = jax.random.split(dropout_key)
+        trunk_fn = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=True,
+                                                        method=model.trunk, rngs={"dropout": trunk_key})
+        head_fn = lambda params, per_position, per_row, sigma, x, chunk: model.apply(
+            {"params": params}, per_position, per_row, sigma, x, train=True, method=model.head,
+            rngs={"dropout": jax.random.fold_in(head_key, chunk)})
+        return loss_fn(trunk_fn, head_fn, model.head_param_names, params, loss_key, x0, groups)
+
+    groups = parallel.batch_shards(mesh)
+    grad_fn = (micro_loss_at_masked_positions if isinstance(loss_fn, losses.MaskedPositionsLoss)
+               else jax.value_and_grad(micro_loss))
 
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         key = jax.random.fold_in(key, state.step)

@@ -50,9 +50,11 @@ def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
     compiled = train_step.compile_train_step(config, model, loss_fn, optimizer, device_mesh, abstract_state,
                                              shardings)
     calls = [line for line in compiled.as_text().split("\n") if 'custom_call_target="tpu_custom_call"' in line]
-    # one forward (its output and log-sum-exp are kept for the backward, which never reruns it), dq and dkv
+    # per block one forward (its output and log-sum-exp are kept for the backward, which never reruns it), dq and
+    # dkv: the first block's in the scanned loop, the last block's outside it (the absorbing loss runs that block's
+    # attention half in SEDD.trunk and the rest at masked positions only)
     names = [call.split(" = ")[0].strip() for call in calls]
-    assert sorted(name.split("_")[2] for name in names) == ["dkv", "dq", "fwd"], names
+    assert sorted(name.split("_")[2] for name in names) == ["dkv", "dkv", "dq", "dq", "fwd", "fwd"], names
     # each device's kernels see its shard: [B / (data * fsdp), heads / tensor, L, dh], never the whole batch
     shard = f"bf16[{8 // (mesh['data'] * mesh['fsdp'])},{12 // mesh['tensor']},512,64]"
     assert all(shard in call for call in calls), [call[:300] for call in calls]

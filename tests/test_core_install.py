@@ -272,12 +272,14 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     sections = dict(section.split("\n", 1) for section in log.split("=== ")[1:])  # header -> output
     for remat, policy in (("config", "dots_no_batch"), ("none", "none")):  # the tiny config's, and none
         train = sections[f"train: tiny float32 L=32 batch 2 attention=fused remat={remat}"]
-        assert f"attention fused, scan_blocks True, remat {policy}" in train, train
+        assert f"attention fused, scan_blocks True, remat {policy}, train: last layers at masked positions" in train
         assert "train step median" in train and "tokens/s" in train and "MFU" in train, train
+    whole = sections["train: tiny float32 L=32 batch 2 attention=fused remat=config, whole network"]
+    assert "remat dots_no_batch, train: last layers at all positions" in whole and "MFU" in whole, whole
     sample = sections["sample: tiny float32 L=32 batch 2 attention=fused"]
     assert "bare forward + exp [2, 32, " in sample, sample
     assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample), sample
-    assert len(sections) == 3, list(sections)
+    assert len(sections) == 4, list(sections)
     assert "figures written to" in done.stdout
     # installed only for the run: the environment is as it was
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1

@@ -104,3 +104,64 @@ def test_bad_shapes():
         loss_fn(lambda x, s: jnp.zeros(x.shape + (graph.dim,)), jax.random.key(0), jnp.zeros((8,), jnp.int32))
     with pytest.raises(AssertionError):  # a score function with the wrong vocabulary
         loss_fn(lambda x, s: jnp.zeros(x.shape + (7,)), jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
+
+
+def _trunk_and_head(model, train=False):
+    trunk = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=train, method=model.trunk)
+    head = lambda params, per_position, per_row, sigma, x, chunk: model.apply(
+        {"params": params}, per_position, per_row, sigma, x, train=train, method=model.head)
+    return trunk, head
+
+
+def test_masked_positions_loss_matches_reference(parity):
+    # The reference's loss on the fixture's x0, t and x_t, and the gradient of the whole-network loss.
+    model = pretrained.load(TINY_CHECKPOINT)
+    loss_fn = losses.MaskedPositionsLoss(model.noise, model.graph)
+    trunk, head = _trunk_and_head(model.model)
+    inputs = dict(t=jnp.asarray(parity["t"]), perturbed_batch=jnp.asarray(parity["xt"]))
+    loss, grads = loss_fn(trunk, head, model.model.head_param_names, model.params, jax.random.key(0),
+                          jnp.asarray(parity["x0"]), 2, **inputs)
+    np.testing.assert_allclose(loss, parity["loss"].mean(), rtol=1e-5)
+    whole = losses.get_loss_fn(model.noise, model.graph, train=False)
+    expected = jax.grad(lambda p: whole(lambda x, s: model.model.apply({"params": p}, x, s), jax.random.key(0),
+                                        jnp.asarray(parity["x0"]), **inputs).mean())(model.params)
+    assert jax.tree.structure(grads) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("scan_blocks, remat, groups, chunks", [
+    (False, "none", 1, 8), (True, "dots_no_batch", 2, 3), (False, "full", 4, 1), (True, "none", 8, 5)])
+def test_masked_positions_loss_and_gradient_equal_the_whole_networks(scan_blocks, remat, groups, chunks):
+    # A 2-block network with random weights, the times and x_t drawn from the key: the same draws, loss and gradient
+    # as value_and_grad of get_loss_fn's loss (no dropout), for groupings of the rows and chunk counts that divide
+    # a group's 16 x 8 / S positions or not.
+    config = ml_collections.ConfigDict(dict(
+        tokens=50, graph=dict(type="absorb"),
+        model=dict(hidden_size=32, n_heads=2, n_blocks=2, cond_dim=16, length=16, dropout=0.0, scale_by_sigma=True,
+                   scan_blocks=scan_blocks, remat=remat)))
+    model = models.get_model(config)
+    params = flax.core.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32), jnp.ones((1,))))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params["params"])
+    graph, sched = graphs.get_graph("absorb", 50), noise.get_noise("loglinear")
+    x0, key = jax.random.randint(jax.random.key(2), (8, 16), 0, 50), jax.random.key(3)
+    whole = losses.get_loss_fn(sched, graph, train=True)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda p: whole(lambda x, s: model.apply({"params": p}, x, s, train=True), key, x0).mean()))(params)
+    masked = losses.MaskedPositionsLoss(sched, graph, chunks=chunks)
+    trunk, head = _trunk_and_head(model, train=True)
+    got_loss, got_grads = jax.jit(lambda p: masked(trunk, head, model.head_param_names, p, key, x0, groups))(params)
+    np.testing.assert_allclose(got_loss, loss, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_masked_positions_loss_rejects_what_it_cannot_compute():
+    sched = noise.get_noise("loglinear")
+    with pytest.raises(ValueError, match="needs the absorbing graph"):
+        losses.MaskedPositionsLoss(sched, graphs.get_graph("uniform", 7))
+    with pytest.raises(ValueError, match="chunks must be >= 1, got 0"):
+        losses.MaskedPositionsLoss(sched, graphs.get_graph("absorb", 7), chunks=0)
+    loss_fn = losses.MaskedPositionsLoss(sched, graphs.get_graph("absorb", 7))
+    with pytest.raises(ValueError, match="6 rows do not split into 4 equal groups"):
+        loss_fn(None, None, (), {}, jax.random.key(0), jnp.zeros((6, 8), jnp.int32), 4)

@@ -1,6 +1,11 @@
 """The pure pieces of the trainer: warm-up, EMA, gradient accumulation, skipped non-finite updates, and how
 the steps are compiled on CPUs (training.xla_cpu_emitters)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -9,7 +14,7 @@ import optax
 import pytest
 
 from sedd_jax import configs, models, parallel, train_state, train_step
-from tests.train_testing import config
+from tests.train_testing import REPO, config
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +167,48 @@ def test_legacy_and_fusion_emitters_compile_the_same_train_step(tmp_path):
     np.testing.assert_allclose(m_legacy["grad_norm"], m_fusion["grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(legacy.params), jax.tree.leaves(fusion.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+MASKED_POSITIONS_ON_A_MESH = r"""
+import json, sys, tempfile, pathlib
+import jax, numpy as np
+from sedd_jax import parallel, train_state, train_step
+from tests.train_testing import config
+result = {}
+for data, fsdp, accum in ((1, 1, 1), (2, 2, 1), (4, 1, 2)):
+    states = {}
+    for masked in (True, False):
+        c = config(pathlib.Path(tempfile.mkdtemp()), mesh__data=data, mesh__fsdp=fsdp, training__accum=accum,
+                   training__masked_positions_only=masked)
+        mesh = parallel.create_mesh(c, jax.devices()[:data * fsdp])
+        graph, _, model, optimizer, loss_fn = train_step.training_components(c)
+        init_state, abstract_state, shardings = train_state.train_state_layout(c, model, optimizer, mesh,
+                                                                               jax.random.key(0))
+        step = train_step.compile_train_step(c, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+        state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
+        batch = jax.device_put(np.random.default_rng(0).integers(0, 28, (8, 32), dtype=np.int32),
+                               parallel.batch_sharding(mesh))
+        for i in range(3):
+            state, metrics = step(state, batch, jax.random.key(i))
+        states[masked] = (type(loss_fn).__name__, float(metrics["train_loss"]), jax.tree.map(np.asarray, state.params))
+    (name, loss, params), (plain_name, plain_loss, plain_params) = states[True], states[False]
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_params)))
+    result[f"{data}x{fsdp}/{accum}"] = [name, plain_name, loss, plain_loss, gap]
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_masked_positions_train_step_makes_the_whole_networks_updates():
+    # The trainer's default for the absorbing graph (the last layers at masked positions only, one group of rows per
+    # data shard) against training.masked_positions_only=False, no dropout: three updates of the same parameters
+    # on one device, on a (data 2, fsdp 2) mesh and on 4 data shards with 2 micro-batches.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", MASKED_POSITIONS_ON_A_MESH], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert sorted(result) == ["1x1/1", "2x2/1", "4x1/2"]
+    for name, plain_name, loss, plain_loss, gap in result.values():
+        assert (name, plain_name) == ("MaskedPositionsLoss", "function")
+        np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+        assert gap < 1e-6, result

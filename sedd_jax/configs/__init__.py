@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.xla_cpu_emitters = "auto"  # CPU only, how XLA compiles the train and eval steps: "legacy" needs ~5x
                                           # less compiler memory, "fusion" compiles narrow models faster; "auto":
                                           # legacy from model.hidden_size 128 (sedd_jax.train_step.cpu_compiler_options)
+    c.training.masked_positions_only = True  # absorb: the last block's feed-forward half, output layer and loss at
+                                             # masked positions only (the loss is 0 elsewhere; losses.MaskedPositionsLoss)
+    c.training.position_chunks = 16       # ... in chunks of 1/16 of each data shard's positions, as many as needed
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512               # global eval batch: the held-out blocks every eval scores (fixed)
@@ -142,8 +145,8 @@ def validate(config, device_count: int | None = None, process_count: int | None 
         raise ValueError(f"sampling.predictor={config.sampling.predictor!r}; choose one of {PREDICTORS}")
     t = config.training
     for name in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption",
-                 "batch_size", "accum", "keep_checkpoints"):
-        if int(t[name]) < 1:
+                 "batch_size", "accum", "keep_checkpoints", "position_chunks"):
+        if int(t.get(name, 1)) < 1:
             raise ValueError(f"training.{name} must be >= 1, got {t[name]}")
     if int(t.get("max_skipped_updates", 20)) < 1 or not float(t.get("max_update_ratio", 1.0)) > 0:
         raise ValueError("training.max_skipped_updates must be >= 1 and training.max_update_ratio > 0, got "

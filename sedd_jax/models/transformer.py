@@ -2,7 +2,9 @@
 
 `SEDD(...).apply({"params": params}, indices, sigma, train=False)` maps tokens `[B, L] int32` and total noise
 `[B] float32` to the LOG concrete score `[B, L, V]` (V = graph.dim), with the entry at the current token set
-to 0. Dtype of the output: `compute_dtype`.
+to 0. Dtype of the output: `compute_dtype`. `method=SEDD.trunk` and then `method=SEDD.head` compute the same
+at chosen positions only, running the last block's feed-forward half and the output layer there alone (the
+trainer's absorbing loss, `losses.MaskedPositionsLoss`).
 
 Precision (`compute_dtype`):
   * "float32": no casts anywhere; exact parity with the reference run in float32.
@@ -112,8 +114,9 @@ def apply_rotary(u: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """x `[B, L, H]` float32; shift/scale `[B, H]` -> float32 `[B, L, H]`."""
-    return x * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
+    """x `[..., H]` float32; shift/scale broadcasting against it (`[B, 1, H]` per sequence of `[B, L, H]`, or
+    one row per position) -> float32 `[..., H]`."""
+    return x * (1 + scale.astype(jnp.float32)) + shift.astype(jnp.float32)
 
 
 GELU_TANH_COEFFICIENT = math.sqrt(2 / math.pi)
@@ -291,7 +294,10 @@ def dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Ar
 
 
 class DDiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-zero modulation. x `[B, L, H]` float32, c `[B, C]` float32."""
+    """Pre-norm transformer block with adaLN-zero modulation. x `[B, L, H]` float32, c `[B, C]` float32.
+
+    `__call__` is `feed_forward(x, *attend(x, c, cos, sin))`, split so that a caller can run the second half at
+    some positions only (`SEDD.head`)."""
 
     hidden_size: int
     n_heads: int
@@ -299,28 +305,43 @@ class DDiTBlock(nn.Module):
     dtype: jnp.dtype
     attention: str = "plain"
 
-    @nn.compact
+    def setup(self):
+        h = self.hidden_size
+        self.adaLN = TorchLinear(6 * h, ("cond", "modulation"), self.dtype, zero_init=True)
+        self.norm1 = LayerNorm()
+        self.attn_qkv = TorchLinear(3 * h, ("embed", "heads"), self.dtype, use_bias=False)
+        self.attn_out = TorchLinear(h, ("heads", "embed"), self.dtype, use_bias=False)
+        self.norm2 = LayerNorm()
+        self.mlp_in = TorchLinear(4 * h, ("embed", "mlp"), self.dtype)
+        self.mlp_out = TorchLinear(h, ("mlp", "embed"), self.dtype)
+
     def __call__(self, x, c, cos, sin, train: bool):
+        attn, mod = self.attend(x, c, cos, sin)
+        return self.feed_forward(x, attn, mod[:, None], train)
+
+    def attend(self, x, c, cos, sin):
+        """x `[B, L, H]`, c `[B, C]` -> (attention's output before its projection `[B, L, H]` in dtype, the
+        block's modulation `[B, 6H]`)."""
         b, length, h = x.shape
         head_dim = h // self.n_heads
-        mod = TorchLinear(6 * h, ("cond", "modulation"), self.dtype, zero_init=True, name="adaLN")(c)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-        drop = lambda u: dropout(self, u, self.dropout, train)
-
-        qkv = TorchLinear(3 * h, ("embed", "heads"), self.dtype, use_bias=False, name="attn_qkv")(
-            modulate(LayerNorm(name="norm1")(x), shift_msa, scale_msa))
+        mod = self.adaLN(c)
+        shift_msa, scale_msa = jnp.split(mod, 6, axis=-1)[:2]
+        qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa[:, None], scale_msa[:, None]))
         qkv = qkv.reshape(b, length, 3, self.n_heads, head_dim)
         q = apply_rotary(qkv[:, :, 0], cos, sin)
         k = apply_rotary(qkv[:, :, 1], cos, sin)
         attn = ATTENTION_IMPLEMENTATIONS[self.attention](q, k, qkv[:, :, 2])
-        attn = TorchLinear(h, ("heads", "embed"), self.dtype, use_bias=False, name="attn_out")(
-            attn.reshape(b, length, h))
-        x = x + gate_msa[:, None] * drop(attn)
+        return attn.reshape(b, length, h), mod
 
-        mlp = TorchLinear(4 * h, ("embed", "mlp"), self.dtype, name="mlp_in")(
-            modulate(LayerNorm(name="norm2")(x), shift_mlp, scale_mlp))
-        mlp = TorchLinear(h, ("mlp", "embed"), self.dtype, name="mlp_out")(tanh_gelu(mlp))
-        return x + gate_mlp[:, None] * drop(mlp)
+    def feed_forward(self, x, attn, mod, train: bool):
+        """The rest of the block, position by position: x, attn `[..., H]` (the residual stream and `attend`'s
+        output), mod `[..., 6H]` broadcasting against them -> the block's output `[..., H]` float32."""
+        _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        drop = lambda u: dropout(self, u, self.dropout, train)
+        x = x + gate_msa * drop(self.attn_out(attn))
+        mlp = self.mlp_in(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        mlp = self.mlp_out(tanh_gelu(mlp))
+        return x + gate_mlp * drop(mlp)
 
 
 class SEDD(nn.Module):
@@ -357,15 +378,35 @@ class SEDD(nn.Module):
     remat: str = "none"
     time_conditioning: bool = True
 
-    def _scanned_blocks(self, x, c, cos, sin, train: bool, dtype):
-        """The blocks as one `lax.scan` over their parameters stacked on the fly (the stored tree keeps one
-        `blocks_<i>` entry per block, so checkpoints do not depend on this switch). x `[B, L, H]` float32."""
+    def setup(self):
+        dtype = compute_dtype_of(self.compute_dtype)
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=1, out_axis=0),
+                ("vocab", "embed")),
+            (self.vocab_size, self.hidden_size))
+        self.sigma_mlp_in = TorchLinear(self.cond_dim, ("freq", "cond"))
+        self.sigma_mlp_out = TorchLinear(self.cond_dim, ("cond", "cond"))
+        block = (DDiTBlock if self.remat == "none"
+                 else nn.remat(DDiTBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(5,)))
+        self.blocks = [block(self.hidden_size, self.n_heads, self.dropout, dtype, self.attention)
+                       for _ in range(self.n_blocks)]
+        self.final_adaLN = TorchLinear(2 * self.hidden_size, ("cond", "modulation"), dtype, zero_init=True)
+        self.norm_final = LayerNorm()
+        self.output = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True)
+
+    def _scanned_blocks(self, x, c, cos, sin, train: bool, count: int):
+        """The first `count` blocks as one `lax.scan` over their parameters stacked on the fly (the stored tree
+        keeps one `blocks_<i>` entry per block, so checkpoints do not depend on this switch). x `[B, L, H]`
+        float32."""
         params = self.variables["params"]
-        stacked = jax.tree.map(lambda *p: jnp.stack(p), *[params[f"blocks_{i}"] for i in range(self.n_blocks)])
+        stacked = jax.tree.map(lambda *p: jnp.stack(p), *[params[f"blocks_{i}"] for i in range(count)])
         use_dropout = train and self.dropout > 0
-        dropout_keys = (jax.random.split(self.make_rng("dropout"), self.n_blocks) if use_dropout
-                        else jnp.zeros((self.n_blocks,)))
-        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, dtype, self.attention, parent=None)
+        dropout_keys = (jax.random.split(self.make_rng("dropout"), count) if use_dropout
+                        else jnp.zeros((count,)))
+        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, compute_dtype_of(self.compute_dtype),
+                          self.attention, parent=None)
 
         def body(x, inputs):
             block_params, key = inputs
@@ -377,44 +418,65 @@ class SEDD(nn.Module):
         x, _ = jax.lax.scan(body, x, (stacked, dropout_keys))
         return x
 
-    @nn.compact
+    def _embed(self, indices, sigma, count: int, train: bool):
+        """Token embedding, conditioning and the first `count` blocks: (x `[B, L, H]`, c `[B, C]`, cos, sin)."""
+        sigma = sigma.reshape(-1).astype(jnp.float32)
+        x = jnp.take(self.embedding, indices, axis=0)
+        features = timestep_features(sigma if self.time_conditioning else jnp.zeros_like(sigma))
+        c = nn.silu(self.sigma_mlp_out(nn.silu(self.sigma_mlp_in(features))))
+        cos, sin = rotary_angles(indices.shape[1], self.hidden_size // self.n_heads)
+        if self.scan_blocks and count and not self.is_initializing():
+            x = self._scanned_blocks(x, c, cos, sin, train, count)
+        else:
+            for block in self.blocks[:count]:
+                x = block(x, c, cos, sin, train)
+        return x, c, cos, sin
+
+    def _log_score(self, x, final_mod, sigma, indices):
+        """The final layer on the residual stream x `[..., H]`, final_mod `[..., 2H]` broadcasting against it,
+        sigma and indices `[...]` (each position's total noise and token) -> log score `[..., V]`."""
+        dtype = compute_dtype_of(self.compute_dtype)
+        shift, scale = jnp.split(final_mod, 2, axis=-1)
+        logits = self.output(modulate(self.norm_final(x), shift, scale))
+        if self.scale_by_sigma:
+            sigma = sigma.astype(jnp.float32)
+            esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1)
+            logits = logits - jnp.log(esigm1).astype(dtype)[..., None] - jnp.asarray(
+                math.log(self.vocab_size - 1), dtype)
+        return jnp.where(jax.nn.one_hot(indices, self.vocab_size, dtype=jnp.bool_), jnp.zeros((), dtype), logits)
+
     def __call__(self, indices: jax.Array, sigma: jax.Array, train: bool = False) -> jax.Array:
         """indices `[B, L]` int, sigma `[B]` total noise -> log score `[B, L, V]` in compute_dtype."""
-        dtype = compute_dtype_of(self.compute_dtype)
         sigma = sigma.reshape(-1).astype(jnp.float32)
-        length = indices.shape[1]
+        x, c, _, _ = self._embed(indices, sigma, self.n_blocks, train)
+        return self._log_score(x, self.final_adaLN(c)[:, None], sigma[:, None], indices)
 
-        embedding = self.param(
-            "embedding",
-            nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=1, out_axis=0),
-                ("vocab", "embed")),
-            (self.vocab_size, self.hidden_size))
-        x = jnp.take(embedding, indices, axis=0)
+    @property
+    def head_param_names(self) -> tuple[str, ...]:
+        """The top-level parameter entries that `head` uses (the others only reach it through `trunk`)."""
+        return (f"blocks_{self.n_blocks - 1}", "norm_final", "output")
 
-        features = timestep_features(sigma if self.time_conditioning else jnp.zeros_like(sigma))
-        c = TorchLinear(self.cond_dim, ("freq", "cond"), name="sigma_mlp_in")(features)
-        c = TorchLinear(self.cond_dim, ("cond", "cond"), name="sigma_mlp_out")(nn.silu(c))
-        c = nn.silu(c)
+    def trunk(self, indices: jax.Array, sigma: jax.Array, train: bool = False):
+        """The network up to the last block's attention, which needs every position; `head` finishes it at any
+        positions. Same arguments as `__call__`. Returns (per_position, per_row): per_position = (the residual
+        stream entering the last block `[B, L, H]`, that block's attention output before its projection
+        `[B, L, H]`), per_row = (that block's modulation `[B, 6H]`, the final layer's `[B, 2H]`)."""
+        x, c, cos, sin = self._embed(indices, sigma, self.n_blocks - 1, train)
+        name = f"blocks_{self.n_blocks - 1}"
+        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, compute_dtype_of(self.compute_dtype),
+                          self.attention, parent=None)
+        attend = lambda params, x: block.apply({"params": params}, x, c, cos, sin, method="attend")
+        if self.remat != "none":  # as the other blocks
+            attend = jax.checkpoint(attend, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        attn, block_mod = attend(self.variables["params"][name], x)
+        return (x, attn), (block_mod, self.final_adaLN(c))
 
-        cos, sin = rotary_angles(length, self.hidden_size // self.n_heads)
-        if self.scan_blocks and not self.is_initializing():
-            x = self._scanned_blocks(x, c, cos, sin, train, dtype)
-        else:
-            policy = REMAT_POLICIES[self.remat]
-            block = DDiTBlock if self.remat == "none" else nn.remat(DDiTBlock, policy=policy, static_argnums=(5,))
-            for i in range(self.n_blocks):
-                x = block(self.hidden_size, self.n_heads, self.dropout, dtype, self.attention, name=f"blocks_{i}")(
-                    x, c, cos, sin, train)
-
-        mod = TorchLinear(2 * self.hidden_size, ("cond", "modulation"), dtype, zero_init=True,
-                          name="final_adaLN")(c)
-        shift, scale = jnp.split(mod, 2, axis=-1)
-        logits = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True, name="output")(
-            modulate(LayerNorm(name="norm_final")(x), shift, scale))
-
-        if self.scale_by_sigma:
-            esigm1 = jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1)
-            log_esigm1 = jnp.log(esigm1).astype(dtype)[:, None, None]
-            logits = logits - log_esigm1 - jnp.asarray(math.log(self.vocab_size - 1), dtype)
-        return jnp.where(jax.nn.one_hot(indices, self.vocab_size, dtype=jnp.bool_), jnp.zeros((), dtype), logits)
+    def head(self, per_position, per_row, sigma: jax.Array, indices: jax.Array, train: bool = False) -> jax.Array:
+        """The last block's feed-forward half and the final layer, position by position: `trunk`'s outputs taken
+        at any positions (per_position entries `[..., H]`, per_row entries `[..., 6H]`, `[..., 2H]`: each
+        position's row), with each position's total noise sigma and token indices `[...]` -> the log score
+        `[..., V]` there, what `__call__` computes (dropout masks aside)."""
+        x, attn = per_position
+        block_mod, final_mod = per_row
+        x = self.blocks[-1].feed_forward(x, attn, block_mod, train)
+        return self._log_score(x, final_mod, sigma, indices)
