@@ -70,7 +70,7 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
                                                     rngs={"dropout": dropout_key})
         return loss_fn(log_score_fn, loss_key, x0).mean()
 
-    def micro_loss_at_masked_positions(params, x0, key):
+    def micro_loss_and_grad_at_masked_positions(params, x0, key):
         loss_key, dropout_key = jax.random.split(key)
         trunk_key, head_key = jax.random.split(dropout_key)
         trunk_fn = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=True,
@@ -81,7 +81,7 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
         return loss_fn(trunk_fn, head_fn, model.head_param_names, params, loss_key, x0, groups)
 
     groups = parallel.batch_shards(mesh)
-    grad_fn = (micro_loss_at_masked_positions if isinstance(loss_fn, losses.MaskedPositionsLoss)
+    grad_fn = (micro_loss_and_grad_at_masked_positions if isinstance(loss_fn, losses.MaskedPositionsLoss)
                else jax.value_and_grad(micro_loss))
 
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
