@@ -111,7 +111,8 @@ def hbm_per_device(devices) -> float | None:
 
 def xla_flops_per_token(config) -> float:
     """FLOPs per token of one train step as XLA counts them, in the step lowered for one host device with the
-    blocks unrolled, no recomputation and no accumulation (loop bodies would count once)."""
+    blocks unrolled, no recomputation, no accumulation and the whole network's loss (loop bodies would count once,
+    among them the chunks of the absorbing graph's loss at masked positions only), the work that MFU counts."""
     import jax
     import jax.numpy as jnp
 
@@ -119,6 +120,7 @@ def xla_flops_per_token(config) -> float:
 
     probe = config.copy_and_resolve_references()
     probe.model.scan_blocks, probe.model.remat, probe.training.accum = False, "none", 1
+    probe.training.masked_positions_only = False
     batch, length = 2, int(probe.model.length)
     probe.training.batch_size = batch
     probe.mesh.data, probe.mesh.fsdp, probe.mesh.tensor = 1, 1, 1

@@ -18,12 +18,12 @@ pytest.importorskip("libtpu", reason='libtpu is missing: pip install -e ".[test]
 
 
 def test_a_config_that_does_not_fit_is_told_what_to_change():
-    # A one-block model of the shipped vocabulary, 768 sequences of 64 per 16 GiB v5e chip: libtpu's compiler
-    # refuses it (about 23 GiB of temporaries), quickly. The advice is the first accumulation that compiles
-    # within HBM, with its compiled total. (owt_small itself, 16 sequences of 1024 per v5e chip, is the same
-    # case: docs/scale.md; each of its compiles takes minutes on 2 cores.)
+    # A one-block model of the shipped vocabulary, 768 sequences of 64 per 16 GiB v5e chip, with the whole
+    # network's loss (its [B, L, V] logits; the masked-positions loss makes them 1/16 as large and fits): libtpu's
+    # compiler refuses it (about 23 GiB of temporaries), quickly. The advice is the first accumulation that
+    # compiles within HBM, with its compiled total.
     config = _config(owt_small, model__n_blocks=1, model__hidden_size=64, model__n_heads=2, model__cond_dim=32,
-                     model__length=64, training__batch_size=3072)
+                     model__length=64, training__batch_size=3072, training__masked_positions_only=False)
     report = aot.aot_compile(config, "v5e:2x2")
     assert not report.fits and report.memory is None and report.out_of_memory.startswith("RESOURCE_EXHAUSTED")
     assert report.hbm == 16 * 2**30 and report.device_kind == "TPU v5 lite" and report.mesh["data"] == 4
@@ -118,11 +118,12 @@ def test_xla_flops_per_token_match_the_analytic_count():
 
 
 def test_compiled_tpu_program_counts_the_same_flops():
-    # Unrolled, no recomputation, no accumulation: XLA's count of the compiled SPMD program (per device, all
-    # devices together) is the count of the lowered probe that the reports use.
+    # Unrolled, no recomputation, no accumulation, the whole network's loss (the masked-positions loss's chunk loop
+    # would count once): XLA's count of the compiled SPMD program (per device, all devices together) is the count
+    # of the lowered probe that the reports use.
     # (Length 128: the compiler's time grows with the length; 1024 took twice as long for the same check.)
     config = _config(owt_small, model__n_blocks=2, model__scan_blocks=False, model__remat="none",
-                     training__batch_size=8, mesh__fsdp=2, model__length=128)
+                     training__batch_size=8, mesh__fsdp=2, model__length=128, training__masked_positions_only=False)
     report = aot.aot_compile(config, "v5e:2x2")
     assert report.fits and report.devices == 4
     per_token = report.compiled_flops_per_device * report.devices / report.tokens_per_step
