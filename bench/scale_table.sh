@@ -7,6 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 cases=(
   "configs/owt_small.py v5e:4x4"
+  "configs/owt_small.py v5e:4x4 --config.training.accum=2"
   "configs/owt_small.py v5e:4x4 --config.training.accum=4"
   "configs/owt_small.py v5e:4x4 --config.training.accum=4 --config.mesh.data=4 --config.mesh.fsdp=4"
   "configs/owt_small.py v5e:4x4 --config.training.accum=8 --config.mesh.data=4 --config.mesh.fsdp=4"
