@@ -396,6 +396,11 @@ class SEDD(nn.Module):
         self.norm_final = LayerNorm()
         self.output = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True)
 
+    def _unbound_block(self) -> DDiTBlock:
+        """A block of this network outside it, to `apply` with one block's parameters under a JAX transform."""
+        return DDiTBlock(self.hidden_size, self.n_heads, self.dropout, compute_dtype_of(self.compute_dtype),
+                         self.attention, parent=None)
+
     def _scanned_blocks(self, x, c, cos, sin, train: bool, count: int):
         """The first `count` blocks as one `lax.scan` over their parameters stacked on the fly (the stored tree
         keeps one `blocks_<i>` entry per block, so checkpoints do not depend on this switch). x `[B, L, H]`
@@ -405,8 +410,7 @@ class SEDD(nn.Module):
         use_dropout = train and self.dropout > 0
         dropout_keys = (jax.random.split(self.make_rng("dropout"), count) if use_dropout
                         else jnp.zeros((count,)))
-        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, compute_dtype_of(self.compute_dtype),
-                          self.attention, parent=None)
+        block = self._unbound_block()
 
         def body(x, inputs):
             block_params, key = inputs
@@ -463,8 +467,7 @@ class SEDD(nn.Module):
         `[B, L, H]`), per_row = (that block's modulation `[B, 6H]`, the final layer's `[B, 2H]`)."""
         x, c, cos, sin = self._embed(indices, sigma, self.n_blocks - 1, train)
         name = f"blocks_{self.n_blocks - 1}"
-        block = DDiTBlock(self.hidden_size, self.n_heads, self.dropout, compute_dtype_of(self.compute_dtype),
-                          self.attention, parent=None)
+        block = self._unbound_block()
         attend = lambda params, x: block.apply({"params": params}, x, c, cos, sin, method="attend")
         if self.remat != "none":  # as the other blocks
             attend = jax.checkpoint(attend, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
