@@ -95,6 +95,10 @@ class MaskedPositionsLoss:
       int32 index, for its dropout key). head_params: the top-level entries of params that head_fn uses
       (`SEDD.head_param_names`). key, x0 int[B, L], t, perturbed_batch: as for `get_loss_fn`'s loss (the same
       key draws the same times and x_t). groups: S, dividing B (the trainer: one group per data shard).
+
+    `per_sequence(trunk_fn, head_fn, params, key, x0, groups, t=None, perturbed_batch=None) -> float32[B]`: each
+      sequence's loss, forward only (evaluation: `likelihood.draw_losses`), `get_loss_fn`'s values up to float32
+      rounding.
     """
 
     def __init__(self, noise, graph: graphs.Graph, sampling_eps: float = 1e-3, chunks: int = 16):
@@ -108,25 +112,15 @@ class MaskedPositionsLoss:
 
     def __call__(self, trunk_fn, head_fn, head_params: tuple[str, ...], params, key: jax.Array, x0: jax.Array,
                  groups: int, t: jax.Array | None = None, perturbed_batch: jax.Array | None = None):
-        batch, length = x0.shape
-        if batch % groups:
-            raise ValueError(f"{batch} rows do not split into {groups} equal groups")
-        total_noise, rate_noise, xt = self.draw(key, x0, t, perturbed_batch)
-        (per_position, per_row), trunk_vjp = jax.vjp(lambda p: trunk_fn(p, xt, total_noise), params)
-        size = batch // groups * length
-        chunk = -(-size // self.chunks)
-        order, most = positions.selected_first(xt == self.graph.mask_id, groups)
-        order = jnp.pad(order, ((0, 0), (0, self.chunks * chunk - size)))   # padding: position 0, weighted 0 below
+        batch = x0.shape[0]
+        draws = self.draw(key, x0, t, perturbed_batch)
+        order, chunk, runs = self._layout(draws[2], groups)
+        (per_position, per_row), trunk_vjp = jax.vjp(lambda p: trunk_fn(p, draws[2], draws[0]), params)
         head = {name: params[name] for name in head_params}
 
         def chunk_loss(head, per_position_at, per_row, chosen, start, index):
-            rows = positions.rows(chosen, batch, length)
-            sigma, xt_at = total_noise[rows], positions.gather(xt, chosen)
-            log_score = head_fn({**params, **head}, per_position_at, jax.tree.map(lambda u: u[rows], per_row),
-                                sigma, xt_at, index)                                      # [S, chunk, dim]
-            entropy = self.graph.score_entropy(log_score, sigma, xt_at, positions.gather(x0, chosen))
-            weight = jnp.where(start + jnp.arange(chunk) < size, rate_noise[rows], 0.0)   # [S, chunk]
-            return (weight * entropy).sum() / batch
+            return self._weighted_entropy(head_fn, {**params, **head}, per_position_at, per_row, chosen, start,
+                                          index, draws, x0).sum() / batch
 
         def add_chunk(index, carry):
             loss, head_grads, position_cotangents, row_cotangents = carry
@@ -141,7 +135,51 @@ class MaskedPositionsLoss:
 
         zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
         loss, head_grads, position_cotangents, row_cotangents = jax.lax.fori_loop(
-            0, -(-most // chunk), add_chunk, (jnp.zeros((), jnp.float32), zeros(head), zeros(per_position),
-                                              zeros(per_row)))
+            0, runs, add_chunk, (jnp.zeros((), jnp.float32), zeros(head), zeros(per_position), zeros(per_row)))
         (grads,) = trunk_vjp((position_cotangents, row_cotangents))
         return loss, {**grads, **{name: jax.tree.map(jnp.add, grads[name], head_grads[name]) for name in head}}
+
+    def per_sequence(self, trunk_fn, head_fn, params, key: jax.Array, x0: jax.Array, groups: int,
+                     t: jax.Array | None = None, perturbed_batch: jax.Array | None = None) -> jax.Array:
+        """The loss of each sequence, float32 `[B]` (nats), forward only: `get_loss_fn`'s loss with the network's
+        last layers at masked positions only (evaluation; `likelihood.draw_losses`). Same arguments as
+        `__call__` less head_params."""
+        batch, length = x0.shape
+        draws = self.draw(key, x0, t, perturbed_batch)
+        order, chunk, runs = self._layout(draws[2], groups)
+        per_position, per_row = trunk_fn(params, draws[2], draws[0])
+
+        def add_chunk(index, totals):
+            start = index * chunk
+            chosen = jax.lax.dynamic_slice_in_dim(order, start, chunk, axis=1)
+            at = jax.tree.map(lambda u: positions.gather(u, chosen), per_position)
+            terms = self._weighted_entropy(head_fn, params, at, per_row, chosen, start, index, draws, x0)
+            return totals.at[positions.rows(chosen, batch, length)].add(terms)
+
+        return jax.lax.fori_loop(0, runs, add_chunk, jnp.zeros((batch,), jnp.float32))
+
+    def _layout(self, xt: jax.Array, groups: int):
+        """How x_t `[B, L]`'s positions are taken, chunk by chunk: (order int32 `[S, chunks x chunk]`: each group's
+        positions, masked ones first, padded with position 0; chunk: positions of each group per chunk; runs
+        int32 `[]`: the chunks that hold every masked position)."""
+        batch, length = xt.shape
+        if batch % groups:
+            raise ValueError(f"{batch} rows do not split into {groups} equal groups")
+        size = batch // groups * length
+        chunk = -(-size // self.chunks)
+        order, most = positions.selected_first(xt == self.graph.mask_id, groups)
+        order = jnp.pad(order, ((0, 0), (0, self.chunks * chunk - size)))
+        return order, chunk, -(-most // chunk)
+
+    def _weighted_entropy(self, head_fn, params, per_position_at, per_row, chosen, start, index, draws, x0):
+        """sigma(t) x score entropy float32 `[S, chunk]` at the positions chosen `[S, chunk]` (the order's entries
+        from `start` on; 0 at its padding), from the trunk's outputs there (per_position_at) and per row."""
+        total_noise, rate_noise, xt = draws
+        batch, length = x0.shape
+        rows = positions.rows(chosen, batch, length)
+        sigma, xt_at = total_noise[rows], positions.gather(xt, chosen)
+        log_score = head_fn(params, per_position_at, jax.tree.map(lambda u: u[rows], per_row), sigma, xt_at,
+                            index)                                                            # [S, chunk, dim]
+        entropy = self.graph.score_entropy(log_score, sigma, xt_at, positions.gather(x0, chosen))
+        real = start + jnp.arange(chosen.shape[1]) < batch // chosen.shape[0] * length
+        return jnp.where(real, rate_noise[rows], 0.0) * entropy

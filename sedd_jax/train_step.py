@@ -72,12 +72,7 @@ def make_train_step(config, model, loss_fn, optimizer, mesh):
 
     def micro_loss_and_grad_at_masked_positions(params, x0, key):
         loss_key, dropout_key = jax.random.split(key)
-        trunk_key, head_key = jax.random.split(dropout_key)
-        trunk_fn = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=True,
-                                                        method=model.trunk, rngs={"dropout": trunk_key})
-        head_fn = lambda params, per_position, per_row, sigma, x, chunk: model.apply(
-            {"params": params}, per_position, per_row, sigma, x, train=True, method=model.head,
-            rngs={"dropout": jax.random.fold_in(head_key, chunk)})
+        trunk_fn, head_fn = models.trunk_and_head(model, train=True, dropout_key=dropout_key)
         return loss_fn(trunk_fn, head_fn, model.head_param_names, params, loss_key, x0, groups)
 
     groups = parallel.batch_shards(mesh)

@@ -106,22 +106,19 @@ def test_bad_shapes():
         loss_fn(lambda x, s: jnp.zeros(x.shape + (7,)), jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
 
 
-def _trunk_and_head(model, train=False):
-    trunk = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=train, method=model.trunk)
-    head = lambda params, per_position, per_row, sigma, x, chunk: model.apply(
-        {"params": params}, per_position, per_row, sigma, x, train=train, method=model.head)
-    return trunk, head
-
-
 def test_masked_positions_loss_matches_reference(parity):
     # The reference's loss on the fixture's x0, t and x_t, and the gradient of the whole-network loss.
     model = pretrained.load(TINY_CHECKPOINT)
     loss_fn = losses.MaskedPositionsLoss(model.noise, model.graph)
-    trunk, head = _trunk_and_head(model.model)
+    trunk, head = models.trunk_and_head(model.model)
     inputs = dict(t=jnp.asarray(parity["t"]), perturbed_batch=jnp.asarray(parity["xt"]))
     loss, grads = loss_fn(trunk, head, model.model.head_param_names, model.params, jax.random.key(0),
                           jnp.asarray(parity["x0"]), 2, **inputs)
     np.testing.assert_allclose(loss, parity["loss"].mean(), rtol=1e-5)
+    per_sequence = loss_fn.per_sequence(trunk, head, model.params, jax.random.key(0), jnp.asarray(parity["x0"]), 2,
+                                        **inputs)
+    assert per_sequence.shape == (4,) and per_sequence.dtype == jnp.float32
+    np.testing.assert_allclose(per_sequence, parity["loss"], rtol=1e-5)
     whole = losses.get_loss_fn(model.noise, model.graph, train=False)
     expected = jax.grad(lambda p: whole(lambda x, s: model.model.apply({"params": p}, x, s), jax.random.key(0),
                                         jnp.asarray(parity["x0"]), **inputs).mean())(model.params)
@@ -149,11 +146,15 @@ def test_masked_positions_loss_and_gradient_equal_the_whole_networks(scan_blocks
     loss, grads = jax.jit(jax.value_and_grad(
         lambda p: whole(lambda x, s: model.apply({"params": p}, x, s, train=True), key, x0).mean()))(params)
     masked = losses.MaskedPositionsLoss(sched, graph, chunks=chunks)
-    trunk, head = _trunk_and_head(model, train=True)
+    trunk, head = models.trunk_and_head(model, train=True)
     got_loss, got_grads = jax.jit(lambda p: masked(trunk, head, model.head_param_names, p, key, x0, groups))(params)
     np.testing.assert_allclose(got_loss, loss, rtol=1e-6)
     for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+    # Forward only, per sequence: get_loss_fn's values.
+    values = whole(lambda x, s: model.apply({"params": params}, x, s), key, x0)
+    got_values = jax.jit(lambda p: masked.per_sequence(*models.trunk_and_head(model), p, key, x0, groups))(params)
+    np.testing.assert_allclose(got_values, values, rtol=1e-5)
 
 
 def test_masked_positions_loss_rejects_what_it_cannot_compute():
@@ -165,3 +166,5 @@ def test_masked_positions_loss_rejects_what_it_cannot_compute():
     loss_fn = losses.MaskedPositionsLoss(sched, graphs.get_graph("absorb", 7))
     with pytest.raises(ValueError, match="6 rows do not split into 4 equal groups"):
         loss_fn(None, None, (), {}, jax.random.key(0), jnp.zeros((6, 8), jnp.int32), 4)
+    with pytest.raises(ValueError, match="6 rows do not split into 4 equal groups"):
+        loss_fn.per_sequence(None, None, {}, jax.random.key(0), jnp.zeros((6, 8), jnp.int32), 4)

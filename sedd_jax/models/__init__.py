@@ -10,7 +10,8 @@ from typing import Any
 
 import ml_collections
 
-from sedd_jax.models.transformer import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, SEDD, compute_dtype_of
+from sedd_jax.models.transformer import (ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, SEDD, compute_dtype_of,
+                                        trunk_and_head)
 
 # The reference's model configs (§0.1); "tiny" is sedd-jax's offline CPU default.
 MODEL_SIZES = {
@@ -129,4 +130,4 @@ def exp_score(model: SEDD, params, x, sigma):
 
 
 __all__ = ["SEDD", "abstract_params", "check_param_shapes", "exp_score", "get_model", "model_config",
-           "time_conditioning", "validate_model_config", "MODEL_SIZES"]
+           "time_conditioning", "trunk_and_head", "validate_model_config", "MODEL_SIZES"]

@@ -483,3 +483,18 @@ class SEDD(nn.Module):
         block_mod, final_mod = per_row
         x = self.blocks[-1].feed_forward(x, attn, block_mod, train)
         return self._log_score(x, final_mod, sigma, indices)
+
+
+def trunk_and_head(model: SEDD, train: bool = False, dropout_key: jax.Array | None = None):
+    """`SEDD.trunk` and `SEDD.head` as functions of the parameters, the form `losses.MaskedPositionsLoss` takes:
+    `trunk(params, x int[B, L], sigma float[B]) -> (per_position, per_row)` and `head(params, per_position, per_row,
+    sigma, x, chunk int32[]) -> log score`. In training with a dropout_key, the trunk draws its dropout masks from
+    the first half of `split(dropout_key)` and chunk c of the head from `fold_in(second half, c)`."""
+    trunk_key, head_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    rngs = lambda key: None if key is None else {"dropout": key}
+    trunk = lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=train, method=model.trunk,
+                                                 rngs=rngs(trunk_key))
+    head = lambda params, per_position, per_row, sigma, x, chunk: model.apply(
+        {"params": params}, per_position, per_row, sigma, x, train=train, method=model.head,
+        rngs=rngs(None if head_key is None else jax.random.fold_in(head_key, chunk)))
+    return trunk, head
