@@ -63,14 +63,26 @@ def draw_times(key: jax.Array, mc_samples: int, t_grid: str, sampling_eps: float
     return sampling_eps + (1 - sampling_eps) * u
 
 
-def draw_losses(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *, t_grid: str = "iid",
-                sampling_eps: float = 1e-3):
+def draw_losses(log_score_fn: ParamLogScoreFn | None, graph, noise, mc_samples: int, *, t_grid: str = "iid",
+                sampling_eps: float = 1e-3, trunk_and_head=None, groups: int = 1, position_chunks: int = 16):
     """Returns the pure `f(params, x0 int32[B, L], ids int32[B], key) -> float32[B, K]`: K draws of the DWDSE
     loss (nats per sequence) of each row; row b's randomness is fold_in(key, ids[b]) (ids: e.g. block
     indices). The K draws run in a `lax.scan`, one network call on `[B, L]` per draw. Jit it with the
-    shardings at hand (`make_draw_losses_fn`, or the trainer's eval step)."""
+    shardings at hand (`make_draw_losses_fn`, or the trainer's eval step).
+
+    trunk_and_head (absorbing graph; instead of log_score_fn): the network as `models.trunk_and_head` gives it,
+    evaluated by `losses.MaskedPositionsLoss.per_sequence`: its last layers and the loss run at masked positions
+    only, in chunks of 1/position_chunks of each of `groups` groups of rows (one per device the rows are split
+    over). The same values up to float32 rounding, in less time and memory."""
     check_settings(mc_samples, t_grid, sampling_eps)
-    loss_fn = losses.get_loss_fn(noise, graph, train=False, sampling_eps=sampling_eps)
+    if trunk_and_head is None:
+        whole = losses.get_loss_fn(noise, graph, train=False, sampling_eps=sampling_eps)
+        loss_fn = lambda params, key, x0, t, xt: whole(lambda x, sigma: log_score_fn(params, x, sigma), key, x0,
+                                                       t=t, perturbed_batch=xt)
+    else:
+        masked = losses.MaskedPositionsLoss(noise, graph, sampling_eps, chunks=position_chunks)
+        loss_fn = lambda params, key, x0, t, xt: masked.per_sequence(*trunk_and_head, params, key, x0, groups, t=t,
+                                                                     perturbed_batch=xt)
 
     def draws(params, x0, ids, key):
         row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)                    # [B]
@@ -81,7 +93,7 @@ def draw_losses(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *,
             draw_keys = jax.vmap(lambda rk: jax.random.fold_in(jax.random.fold_in(rk, k), 1))(row_keys)
             t = times[:, k]
             xt = jax.vmap(graph.sample_transition)(draw_keys, x0, total_noise_all[:, k])
-            value = loss_fn(lambda x, sigma: log_score_fn(params, x, sigma), key, x0, t=t, perturbed_batch=xt)
+            value = loss_fn(params, key, x0, t, xt)
             return None, value
 
         _, values = jax.lax.scan(one_draw, None, jnp.arange(mc_samples))                 # [K, B]
@@ -90,11 +102,14 @@ def draw_losses(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *,
     return draws
 
 
-def make_draw_losses_fn(log_score_fn: ParamLogScoreFn, graph, noise, mc_samples: int, *, t_grid: str = "iid",
-                        sampling_eps: float = 1e-3, mesh: Mesh | None = None):
+def make_draw_losses_fn(log_score_fn: ParamLogScoreFn | None, graph, noise, mc_samples: int, *,
+                        t_grid: str = "iid", sampling_eps: float = 1e-3, mesh: Mesh | None = None,
+                        trunk_and_head=None):
     """`draw_losses` jitted (once per shape); with a `mesh` (1-D, axis "batch"), rows are split over its
-    devices (B must be a multiple of the mesh size) and params are replicated."""
-    draws = draw_losses(log_score_fn, graph, noise, mc_samples, t_grid=t_grid, sampling_eps=sampling_eps)
+    devices (B must be a multiple of the mesh size) and params are replicated. trunk_and_head: as for
+    `draw_losses`, one group of rows per device."""
+    draws = draw_losses(log_score_fn, graph, noise, mc_samples, t_grid=t_grid, sampling_eps=sampling_eps,
+                        trunk_and_head=trunk_and_head, groups=1 if mesh is None else mesh.devices.size)
     if mesh is None:
         return jax.jit(draws)
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))

@@ -80,16 +80,18 @@ class Pretrained:
     def draw_losses_fn(self, mc_samples: int, t_grid: str = "iid", sampling_eps: float = 1e-3):
         """The jitted `likelihood.make_draw_losses_fn` of this model (eval mode) over all local devices,
         `f(params, x0 int32[B, L], ids int32[B], key) -> float32[B, K]`; cached per settings, so repeated
-        evaluations reuse the compiled function."""
+        evaluations reuse the compiled function. Under the absorbing graph the network's last layers and the loss
+        run at masked positions only (`losses.MaskedPositionsLoss.per_sequence`: the same values)."""
         from sedd_jax import likelihood
 
         cache = self.__dict__.setdefault("_draw_losses_fns", {})
         key = (int(mc_samples), t_grid, float(sampling_eps), jax.local_device_count())
         if key not in cache:
             log_score = lambda params, x, sigma: self.model.apply({"params": params}, x, sigma, train=False)
-            cache[key] = likelihood.make_draw_losses_fn(log_score, self.graph, self.noise, int(mc_samples),
-                                                        t_grid=t_grid, sampling_eps=sampling_eps,
-                                                        mesh=likelihood.local_mesh())
+            cache[key] = likelihood.make_draw_losses_fn(
+                log_score, self.graph, self.noise, int(mc_samples), t_grid=t_grid, sampling_eps=sampling_eps,
+                mesh=likelihood.local_mesh(), trunk_and_head=models.trunk_and_head(self.model) if self.graph.absorb
+                else None)
         return cache[key]
 
     def log_likelihood_bound(self, texts_or_ids, mc_samples: int = 1000, seed: int = 0, *, t_grid: str = "iid",

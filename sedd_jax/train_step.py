@@ -42,6 +42,14 @@ def _compile(lowered, mesh, config):
     return compiled
 
 
+def masked_position_chunks(config, graph: graphs.Graph) -> int | None:
+    """training.position_chunks where the train and eval steps run the network's last layers and the loss at
+    masked positions only (the absorbing graph, training.masked_positions_only), else None."""
+    if graph.absorb and config.training.get("masked_positions_only", True):
+        return int(config.training.get("position_chunks", 16))
+    return None
+
+
 def training_components(config):
     """(graph, noise, model, optimizer, loss_fn) of a training config: what the train step is built from. The
     absorbing graph's loss is `losses.MaskedPositionsLoss` (the last layers at masked positions only) unless
@@ -49,9 +57,9 @@ def training_components(config):
     graph = graphs.get_graph(config.graph.type, config.tokens)
     noise = noise_lib.from_config(config)
     model = models.get_model(config, config.model.compute_dtype)
-    if graph.absorb and config.training.get("masked_positions_only", True):
-        loss_fn = losses.MaskedPositionsLoss(noise, graph, config.training.sampling_eps,
-                                             int(config.training.get("position_chunks", 16)))
+    chunks = masked_position_chunks(config, graph)
+    if chunks:
+        loss_fn = losses.MaskedPositionsLoss(noise, graph, config.training.sampling_eps, chunks)
     else:
         loss_fn = losses.get_loss_fn(noise, graph, train=True, sampling_eps=config.training.sampling_eps)
     return graph, noise, model, create_optimizer(config), loss_fn
@@ -132,10 +140,14 @@ def compile_eval_step(config, model, mesh, abstract_state: TrainState):
     draws come back replicated. Summarise them with `likelihood.summarize`."""
     from sedd_jax import likelihood
 
+    graph = graphs.get_graph(config.graph.type, config.tokens)
+    chunks = masked_position_chunks(config, graph)
     draws = likelihood.draw_losses(
         lambda params, x, sigma: model.apply({"params": params}, x, sigma, train=False),
-        graphs.get_graph(config.graph.type, config.tokens), noise_lib.from_config(config),
-        int(config.eval.mc_samples), t_grid=config.eval.t_grid, sampling_eps=float(config.training.sampling_eps))
+        graph, noise_lib.from_config(config), int(config.eval.mc_samples), t_grid=config.eval.t_grid,
+        sampling_eps=float(config.training.sampling_eps),
+        trunk_and_head=models.trunk_and_head(model) if chunks else None, groups=parallel.batch_shards(mesh),
+        position_chunks=chunks or 1)
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     ema_shardings = jax.tree.map(lambda a: a.sharding, abstract_state.ema)
     eval_step = jax.jit(draws, in_shardings=(ema_shardings, batch_sharding, batch_sharding, replicated),

@@ -7,11 +7,12 @@ import random
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sedd_jax import evaluate, graphs, likelihood, noise, pretrained
+from sedd_jax import evaluate, graphs, likelihood, models, noise, pretrained
 from tests import evaluate_testing, exact_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -119,6 +120,22 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(char_checkpoint):
     return pretrained.load(char_checkpoint)
+
+
+@pytest.mark.parametrize("t_grid", ["iid", "stratified"])
+def test_draws_at_masked_positions_equal_the_whole_networks(model, t_grid):
+    # The checkpoint's graph is absorbing: its draw function runs the last layers at masked positions only. The same
+    # draws as the whole network's, and so does draw_losses with 2 groups of rows and 3 chunks.
+    assert model.graph.absorb
+    x0 = np.random.default_rng(3).integers(0, 50, (4, 32)).astype(np.int32)
+    ids, key = np.arange(4, dtype=np.int32) + 10, jax.random.key(5)
+    whole = jax.jit(likelihood.draw_losses(lambda p, x, s: model.model.apply({"params": p}, x, s), model.graph,
+                                           model.noise, 6, t_grid=t_grid))(model.params, x0, ids, key)
+    assert whole.shape == (4, 6) and np.all(whole >= 0) and np.ptp(whole) > 0
+    np.testing.assert_allclose(model.draw_losses_fn(6, t_grid)(model.params, x0, ids, key), whole, rtol=1e-5)
+    grouped = likelihood.draw_losses(None, model.graph, model.noise, 6, t_grid=t_grid,
+                                     trunk_and_head=models.trunk_and_head(model.model), groups=2, position_chunks=3)
+    np.testing.assert_allclose(jax.jit(grouped)(model.params, x0, ids, key), whole, rtol=1e-5)
 
 
 def _argv(char_checkpoint, corpus, tmp_path, *extra):
