@@ -2,7 +2,7 @@
 # SEDD-small in bfloat16 at length 1024 on one accelerator (GPU or TPU), in a few minutes: training MFU and
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
 # fused attention (and splash on TPUs); training with the config's rematerialisation policy and without any, and
-# once for the whole network (no masked-positions skip: the MFU of the hardware).
+# once for the whole network (no masked-positions skip: the MFU of the hardware); the likelihood bound's draws.
 # Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and ml-collections:
 # nothing of the data stack.
 #
@@ -10,7 +10,8 @@
 #
 # Environment overrides (defaults in brackets): SIZE [small], LENGTH [1024], BATCH [32], TRAIN_STEPS [10],
 # SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["plain fused", and splash on TPUs], REMATS ["config none"],
-# DTYPE [bfloat16], WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
+# EVAL_BATCH [16], EVAL_DRAWS [4], DTYPE [bfloat16], WHEELS [.whl] (a folder with an ml-collections wheel, for
+# offline machines without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench-results}
@@ -60,5 +61,11 @@ echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention 
     | tee -a "$log"
 python3 bench/train_step.py --size="$size" --compute_dtype="$dtype" --length="$length" \
     --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" --masked_positions_only=0 \
+    2>&1 | tee -a "$log"
+# The likelihood bound's draws (sedd-evaluate's computation), the whole network against the last layers at masked
+# positions only:
+echo "=== likelihood: $size $dtype L=$length batch ${EVAL_BATCH:-16} attention=$attention" | tee -a "$log"
+python3 bench/likelihood.py --size="$size" --compute_dtype="$dtype" --length="$length" \
+    --batch_size="${EVAL_BATCH:-16}" --attention="$attention" --mc_samples="${EVAL_DRAWS:-4}" --repeats=3 \
     2>&1 | tee -a "$log"
 echo "figures written to $log"

@@ -256,7 +256,7 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     env.update(PATH=f"{os.path.dirname(python)}:{env['PATH']}", JAX_PLATFORMS="cpu", WHEELS=str(wheels),
                PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",  # offline: no index, no local wheel folders
                SIZE="tiny", LENGTH="32", BATCH="2", TRAIN_STEPS="1", SAMPLE_BATCH="2", SAMPLE_STEPS="2",
-               DTYPE="float32", ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
+               EVAL_BATCH="2", DTYPE="float32", ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
     # without the wheel: one message saying how to bring it, before anything runs
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
@@ -279,7 +279,10 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     sample = sections["sample: tiny float32 L=32 batch 2 attention=fused"]
     assert "bare forward + exp [2, 32, " in sample, sample
     assert re.search(r"analytic +unbiased +2 steps \+ denoiser: median .* tokens/s", sample), sample
-    assert len(sections) == 4, list(sections)
+    bound = sections["likelihood: tiny float32 L=32 batch 2 attention=fused"]
+    assert re.search(r"whole network +: median .* tokens x draws/s", bound), bound
+    assert re.search(r"masked positions only: [0-9.]+x \| largest difference of the draws", bound), bound
+    assert len(sections) == 5, list(sections)
     assert "figures written to" in done.stdout
     # installed only for the run: the environment is as it was
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1

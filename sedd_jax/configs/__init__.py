@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
                                           # less compiler memory, "fusion" compiles narrow models faster; "auto":
                                           # legacy from model.hidden_size 128 (sedd_jax.train_step.cpu_compiler_options)
     c.training.masked_positions_only = True  # absorb: the last block's feed-forward half, output layer and loss at
-                                             # masked positions only (the loss is 0 elsewhere; losses.MaskedPositionsLoss)
+                                             # masked positions only (the loss is 0 elsewhere; losses.MaskedPositionsLoss),
+                                             # in the train and the eval step
     c.training.position_chunks = 16       # ... in chunks of 1/16 of each data shard's positions, as many as needed
 
     c.eval = ml_collections.ConfigDict()

@@ -4,7 +4,8 @@
 `[B] float32` to the LOG concrete score `[B, L, V]` (V = graph.dim), with the entry at the current token set
 to 0. Dtype of the output: `compute_dtype`. `method=SEDD.trunk` and then `method=SEDD.head` compute the same
 at chosen positions only, running the last block's feed-forward half and the output layer there alone (the
-trainer's absorbing loss, `losses.MaskedPositionsLoss`).
+absorbing loss of the trainer and of the likelihood evaluation, `losses.MaskedPositionsLoss`; `trunk_and_head`
+gives both as functions of the parameters).
 
 Precision (`compute_dtype`):
   * "float32": no casts anywhere; exact parity with the reference run in float32.
