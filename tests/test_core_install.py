@@ -256,7 +256,8 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     env.update(PATH=f"{os.path.dirname(python)}:{env['PATH']}", JAX_PLATFORMS="cpu", WHEELS=str(wheels),
                PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",  # offline: no index, no local wheel folders
                SIZE="tiny", LENGTH="32", BATCH="2", TRAIN_STEPS="1", SAMPLE_BATCH="2", SAMPLE_STEPS="2",
-               EVAL_BATCH="2", DTYPE="float32", ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
+               EVAL_BATCH="2", DTYPE="float32",
+               ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
     # without the wheel: one message saying how to bring it, before anything runs
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
