@@ -15,7 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from sedd_jax import configs, models  # noqa: E402
 
@@ -70,6 +72,16 @@ def config_from_flags(args):
     c.eval.batch_size = args.batch_size
     configs.validate(c)
     return c
+
+
+def random_params(model):
+    """Parameters of `model` (a SEDD network) with random weights everywhere, the zero-initialised output and
+    modulation layers included, so that its scores are not all equal."""
+    params = flax.core.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
+                                                      jnp.ones((1,)))["params"])
+    leaves, tree = jax.tree.flatten(params)
+    return jax.tree.unflatten(tree, [w + 0.02 * jax.random.normal(jax.random.key(i), w.shape)
+                                     for i, w in enumerate(leaves)])
 
 
 def describe(config) -> str:

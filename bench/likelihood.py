@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import common  # noqa: F401  (puts the repository on sys.path)
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,12 +37,7 @@ def main():
     noise = noise_lib.from_config(config)
     model = models.get_model(config, config.model.compute_dtype)
     b, length = args.batch_size, config.model.length
-    params = flax.core.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                                                      jnp.ones((1,)))["params"])
-    # Random weights with nonzero output and modulation layers, so the scores are not all equal.
-    leaves, tree = jax.tree.flatten(params)
-    params = jax.tree.unflatten(tree, [w + 0.02 * jax.random.normal(jax.random.key(i), w.shape)
-                                       for i, w in enumerate(leaves)])
+    params = common.random_params(model)
     x0 = jax.random.randint(jax.random.key(1), (b, length), 0, graph.tokens, jnp.int32)
     ids, key = jnp.arange(b, dtype=jnp.int32), jax.random.key(2)
 

@@ -21,7 +21,6 @@ import argparse
 import functools
 
 import common  # noqa: F401  (puts the repository on sys.path)
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,12 +87,7 @@ def main():
                                     sigma_max=config.noise.sigma_max)
         model = models.get_model(config, config.model.compute_dtype)
         length = config.model.length
-        params = flax.core.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                                                          jnp.ones((1,)))["params"])
-        # Random weights with nonzero output and modulation layers, so the scores are not all equal.
-        leaves, tree = jax.tree.flatten(params)
-        params = jax.tree.unflatten(tree, [w + 0.02 * jax.random.normal(jax.random.key(i), w.shape)
-                                           for i, w in enumerate(leaves)])
+        params = common.random_params(model)
     print(common.device_line())
     b = args.batch_size
     score_fn = jax.tree_util.Partial(functools.partial(models.exp_score, model), params)

@@ -124,9 +124,7 @@ class MaskedPositionsLoss:
 
         def add_chunk(index, carry):
             loss, head_grads, position_cotangents, row_cotangents = carry
-            start = index * chunk
-            chosen = jax.lax.dynamic_slice_in_dim(order, start, chunk, axis=1)
-            at = jax.tree.map(lambda u: positions.gather(u, chosen), per_position)
+            start, chosen, at = _chunk(order, chunk, index, per_position)
             value, (d_head, d_at, d_rows) = jax.value_and_grad(chunk_loss, argnums=(0, 1, 2))(
                 head, at, per_row, chosen, start, index)
             return (loss + value, jax.tree.map(jnp.add, head_grads, d_head),
@@ -150,9 +148,7 @@ class MaskedPositionsLoss:
         per_position, per_row = trunk_fn(params, draws[2], draws[0])
 
         def add_chunk(index, totals):
-            start = index * chunk
-            chosen = jax.lax.dynamic_slice_in_dim(order, start, chunk, axis=1)
-            at = jax.tree.map(lambda u: positions.gather(u, chosen), per_position)
+            start, chosen, at = _chunk(order, chunk, index, per_position)
             terms = self._weighted_entropy(head_fn, params, at, per_row, chosen, start, index, draws, x0)
             return totals.at[positions.rows(chosen, batch, length)].add(terms)
 
@@ -183,3 +179,11 @@ class MaskedPositionsLoss:
         entropy = self.graph.score_entropy(log_score, sigma, xt_at, positions.gather(x0, chosen))
         real = start + jnp.arange(chosen.shape[1]) < batch // chosen.shape[0] * length
         return jnp.where(real, rate_noise[rows], 0.0) * entropy
+
+
+def _chunk(order: jax.Array, chunk: int, index: jax.Array, per_position):
+    """Chunk `index` of the order `[S, chunks x chunk]`: (its first entry's index, the positions chosen `[S, chunk]`,
+    per_position's values there `[S, chunk, ...]`)."""
+    start = index * chunk
+    chosen = jax.lax.dynamic_slice_in_dim(order, start, chunk, axis=1)
+    return start, chosen, jax.tree.map(lambda u: positions.gather(u, chosen), per_position)
