@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # first: puts the repository on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +30,9 @@ def main():
     p.add_argument("--position_chunks", type=int, default=None, help="default: the config's (16)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
+    for name in ("mc_samples", "position_chunks", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     config = common.config_from_flags(args)
     print(common.describe(config).split(", train:")[0] + f", {args.mc_samples} draws per row")
     print(common.device_line())
@@ -43,7 +46,7 @@ def main():
 
     paths = {"whole network": dict(log_score_fn=lambda p, x, s: model.apply({"params": p}, x, s))}
     if graph.absorb:
-        chunks = args.position_chunks or config.training.position_chunks
+        chunks = config.training.position_chunks if args.position_chunks is None else args.position_chunks
         paths["masked positions only"] = dict(log_score_fn=None, trunk_and_head=models.trunk_and_head(model),
                                               position_chunks=chunks)
     compiled, draws, seconds = {}, {}, {}

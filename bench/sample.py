@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # first: puts the repository on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -20,7 +20,7 @@ import argparse
 import resource
 import time
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common  # first: puts the repository on sys.path
 import jax
 import numpy as np
 
