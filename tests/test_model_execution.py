@@ -10,6 +10,7 @@ import sys
 
 import flax
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -85,6 +86,45 @@ def test_tanh_gelu_is_jax_gelu_with_its_closed_form_derivative():
     np.testing.assert_allclose(vjp(d_out)[0], want, rtol=1e-6, atol=4e-6)
     low, low_vjp = jax.vjp(transformer.tanh_gelu, u.astype(jnp.bfloat16))
     assert low.dtype == jnp.bfloat16 and low_vjp(low)[0].dtype == jnp.bfloat16
+
+
+def _dot_input_dtypes(fn, *args):
+    """The operand dtypes of every dot_general in fn's jaxpr (nested jaxprs included)."""
+    found = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_low_precision_backward_multiplies_the_cotangent_in_bfloat16():
+    """The output layer's products take bf16 operands in the backward too, with the gradients of autodiff."""
+    x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+    d_out = jax.random.normal(jax.random.key(1), (3, 5, 24)).astype(jnp.bfloat16)
+    layers = {flag: transformer.TorchLinear(24, ("embed", "vocab"), jnp.bfloat16, low_precision_backward=flag)
+              for flag in (False, True)}
+    params = flax.core.meta.unbox(layers[False].init(jax.random.key(2), x))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params)
+
+    def value_and_vjp(flag):
+        return jax.vjp(lambda p, u: layers[flag].apply(p, u), params, x)
+
+    (want, want_vjp), (got, got_vjp) = value_and_vjp(False), value_and_vjp(True)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == jnp.bfloat16
+    for w, g in zip(jax.tree.leaves(want_vjp(d_out)), jax.tree.leaves(got_vjp(d_out))):
+        assert g.dtype == w.dtype
+        w = np.asarray(w, np.float32)  # equal on CPUs; within one bf16 rounding of the largest anywhere
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=2.0 ** -8 * np.abs(w).max())
+    backward = lambda flag: (lambda d: value_and_vjp(flag)[1](d))
+    assert ("float32", "bfloat16") in _dot_input_dtypes(backward(False), d_out)  # what autodiff leaves to XLA
+    assert set(_dot_input_dtypes(backward(True), d_out)) == {("bfloat16", "bfloat16")}
 
 
 def test_splash_attention_kernel_matches_plain_attention(monkeypatch):

@@ -42,6 +42,33 @@ def compute_dtype_of(name: str):
     return DTYPES[name]
 
 
+@jax.custom_vjp
+def _low_precision_product(rows: jax.Array, kernel: jax.Array) -> jax.Array:
+    """rows `[N, in]` x kernel `[in, out]`, both in a low-precision dtype, accumulated and returned in float32,
+    with a backward whose two products also take their operands in that dtype. Only for a product whose float32
+    output is rounded to that dtype (plus a bias) before anything else reads it, as in `TorchLinear`: its
+    cotangent is then a low-precision value, and casting it back loses nothing. Autodiff leaves the cast out, and
+    XLA (which may keep excess precision) then ran the input gradient of the output layer in the chunked loss
+    (`losses.MaskedPositionsLoss`) as a float32 product, TF32 on GPUs: twice the memory traffic at half the
+    bfloat16 rate, for the largest product of the step."""
+    return jnp.dot(rows, kernel, preferred_element_type=jnp.float32)
+
+
+def _low_precision_product_forward(rows, kernel):
+    return _low_precision_product(rows, kernel), (rows, kernel)
+
+
+def _low_precision_product_backward(residuals, d_out):
+    rows, kernel = residuals
+    d_out = d_out.astype(rows.dtype)
+    d_rows = jnp.dot(d_out, kernel.T, preferred_element_type=jnp.float32).astype(rows.dtype)
+    d_kernel = jnp.dot(rows.T, d_out, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    return d_rows, d_kernel
+
+
+_low_precision_product.defvjp(_low_precision_product_forward, _low_precision_product_backward)
+
+
 class TorchLinear(nn.Module):
     """y = x @ kernel + bias with torch.nn.Linear's default init (U(+-1/sqrt(fan_in)) for both) or zeros.
 
@@ -52,6 +79,7 @@ class TorchLinear(nn.Module):
     dtype: jnp.dtype = jnp.float32
     use_bias: bool = True
     zero_init: bool = False
+    low_precision_backward: bool = False  # see _low_precision_product; not under remat (its policies save dots)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,7 +95,10 @@ class TorchLinear(nn.Module):
         # As one [N, in] x [in, out] product: its weight gradient is then a plain [N, in]^T x [N, out] product,
         # which XLA's CPU backend runs without transposing [N, out] first (as it does with [B, L] kept apart).
         rows = x.reshape(-1, fan_in).astype(self.dtype)
-        y = jnp.dot(rows, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.low_precision_backward and self.dtype != jnp.float32:
+            y = _low_precision_product(rows, kernel.astype(self.dtype))
+        else:
+            y = jnp.dot(rows, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
         y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(init, (self.axes[1],)), (self.features,))
@@ -395,7 +426,8 @@ class SEDD(nn.Module):
                        for _ in range(self.n_blocks)]
         self.final_adaLN = TorchLinear(2 * self.hidden_size, ("cond", "modulation"), dtype, zero_init=True)
         self.norm_final = LayerNorm()
-        self.output = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True)
+        self.output = TorchLinear(self.vocab_size, ("embed", "vocab"), dtype, zero_init=True,
+                                  low_precision_backward=True)
 
     def _unbound_block(self) -> DDiTBlock:
         """A block of this network outside it, to `apply` with one block's parameters under a JAX transform."""
