@@ -5,8 +5,11 @@
 
 --config names a shipped config (tiny, owt_small, owt_medium, text8) or a config file.
 --topology names a TPU slice as libtpu does (`v4:2x2x2`, `v5e:4x4`, `v5p:2x2x4`, `v6e:8x8`), compiled by
-libtpu's compiler on this machine (the `[tpu]` extra: `pip install -e ".[tpu]"`; no TPU needed), or `cpu:N`
-for N fake CPU devices. The program is the trainer's (`train_step.compile_train_step`: the same step, shardings,
+libtpu's compiler on this machine (the `[tpu]` extra: `pip install -e ".[tpu]"`; no TPU needed), NVIDIA GPUs
+(`h100`, `h200:8` for 8 on one host, `a100:2x8` for two hosts of 8), compiled by XLA's GPU compiler from a
+description of the chip (`GPU_TARGETS`; JAX's CUDA plugin: `pip install -U "jax[cuda12]"`; no GPU needed), or
+`cpu:N` for N fake CPU devices. A GPU's memory is what JAX's allocator takes of it: XLA_PYTHON_CLIENT_MEM_FRACTION
+(JAX's default 0.75). The program is the trainer's (`train_step.compile_train_step`: the same step, shardings,
 donation and config). It prints the mesh, the memory per device (arguments, outputs, temporaries, total)
 against the device's HBM, the FLOPs per step and per token, and whether it fits; a config that does not fit
 is told what to change. `--format=markdown` prints a row of docs/scale.md's table, `--format=json` an object.
@@ -36,7 +39,31 @@ FLAGS = flags.FLAGS
 
 # HBM per chip (GiB) by the device_kind libtpu reports, from the vendor's data sheets.
 HBM_GIB_PER_CHIP = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
-TOPOLOGY_EXAMPLES = "v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8 or cpu:8"
+TOPOLOGY_EXAMPLES = "v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8, h100:8, a100:2x8 or cpu:8"
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuTarget:
+    """What XLA's GPU compiler needs to know of a chip it cannot query (its `GpuTargetConfig`): the SXM parts'
+    figures from NVIDIA's data sheets; memory as nvidia-smi reports it."""
+    device_kind: str
+    compute_capability: tuple[int, int]
+    cores: int                   # streaming multiprocessors
+    fpus_per_core: int
+    memory_mib: int
+    bandwidth: float             # bytes/s
+    l2_mib: int
+    clock_ghz: float
+    shared_memory_per_core_kib: int
+    shared_memory_per_block_optin_kib: int
+
+
+GPU_TARGETS = {
+    "a100": GpuTarget("NVIDIA A100-SXM4-80GB", (8, 0), 108, 64, 81920, 2.039e12, 40, 1.41, 164, 163),
+    "h100": GpuTarget("NVIDIA H100 80GB HBM3", (9, 0), 132, 128, 81559, 3.35e12, 50, 1.98, 228, 227),
+    "h200": GpuTarget("NVIDIA H200", (9, 0), 132, 128, 143771, 4.8e12, 50, 1.98, 228, 227),
+}
+DEFAULT_GPU_MEMORY_FRACTION = 0.75  # JAX preallocates this share of a GPU's memory for its allocator
 DOES_NOT_FIT = 3
 
 
@@ -56,7 +83,7 @@ class CompileReport:
     remat: str
     hbm: float | None                 # bytes per device (None for CPUs)
     state_bytes: float                # the train state's share per device (parameters, EMA, optimizer)
-    memory: dict | None               # progress.memory_summary of the compiled step (None when it did not compile)
+    memory: dict | None               # program_memory.memory_summary of the step (None when it did not compile)
     fits: bool
     flops_per_token: float            # XLA's count (see the module docstring)
     analytic_flops_per_token: float   # sedd_jax.flops.train_flops_per_token
@@ -86,8 +113,12 @@ def topology_devices(topology: str) -> list:
                              f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before jax starts (the "
                              "command line does this itself)")
         return available[:count]
+    match = re.fullmatch(r"([a-z]\d+)(?::(\d+)(?:x(\d+))?)?", topology)
+    if match and match.group(1) in GPU_TARGETS:
+        return _gpu_devices(*match.groups())
     if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)*", topology):
-        raise ValueError(f"--topology={topology!r} is not a TPU slice name or cpu:N; e.g. {TOPOLOGY_EXAMPLES}")
+        raise ValueError(f"--topology={topology!r} is not a TPU slice, a GPU ({', '.join(GPU_TARGETS)}) or cpu:N; "
+                         f"e.g. {TOPOLOGY_EXAMPLES}")
     if importlib.util.find_spec("libtpu") is None:
         raise ValueError(f"compiling for {topology} needs libtpu's compiler: pip install -e \".[tpu]\" (it works "
                          "on machines without a TPU)")
@@ -99,10 +130,90 @@ def topology_devices(topology: str) -> list:
         raise ValueError(f"libtpu does not know the topology {topology!r} ({e}); e.g. {TOPOLOGY_EXAMPLES}") from None
 
 
+def _gpu_devices(name: str, first: str | None, second: str | None) -> list:
+    """Compile-only devices of `name` (a GPU_TARGETS key): one, `first` on one host, or `first` hosts of `second`."""
+    hosts, per_host = (int(first), int(second)) if second else (1, int(first or 1))
+    if hosts < 1 or per_host < 1:
+        raise ValueError(f"--topology={name}:{first}{'x' + second if second else ''} names no devices; e.g. "
+                         f"{name}:8 (8 GPUs on one host) or {name}:2x8 (two hosts of 8)")
+    if not _has_cuda_plugin():
+        raise ValueError(f"compiling for {name} GPUs needs JAX's CUDA plugin: pip install -U \"jax[cuda12]\" (it "
+                         "compiles on machines without a GPU)")
+    from jax.experimental import topologies
+
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", target_config=gpu_target_config(GPU_TARGETS[name]),
+                                                topology=f"1x{hosts}x{per_host}")
+    except Exception as e:  # the plugin raises JaxRuntimeError or NotImplementedError with its own wording
+        raise ValueError(f"JAX's CUDA plugin cannot describe {hosts} x {per_host} {name} GPUs ({e})") from None
+    return list(topology.devices)
+
+
+def _has_cuda_plugin() -> bool:
+    try:
+        return any(importlib.util.find_spec(f"jax_plugins.{name}") for name in ("xla_cuda12", "xla_cuda13"))
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        return False
+
+
+def gpu_target_config(target: GpuTarget) -> str:
+    """`target` as the text `GpuTargetConfig` that XLA's GPU compiler takes; cuDNN's version is the installed
+    one (JAX's CUDA plugin brings it), for the fused attention's kernels."""
+    from importlib import metadata
+
+    cudnn = (9, 0)
+    for distribution in ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13"):
+        try:
+            cudnn = tuple(int(part) for part in metadata.version(distribution).split(".")[:2])
+            break
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+    major, minor = target.compute_capability
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: {target.shared_memory_per_core_kib * 1024}
+  threads_per_core_limit: 2048
+  core_count: {target.cores}
+  fpus_per_core: {target.fpus_per_core}
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {int(target.bandwidth)}
+  l2_cache_size: {target.l2_mib * 2**20}
+  clock_rate_ghz: {target.clock_ghz}
+  device_memory_size: {target.memory_mib * 2**20}
+  shared_memory_per_block_optin: {target.shared_memory_per_block_optin_kib * 1024}
+  cuda_compute_capability {{ major: {major} minor: {minor} }}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: {cudnn[0]} minor: {cudnn[1]} }}
+device_description_str: "{target.device_kind}"
+"""
+
+
+def gpu_memory_fraction() -> float:
+    """The share of each GPU's memory that JAX's allocator takes: XLA_PYTHON_CLIENT_MEM_FRACTION, else 0.75."""
+    value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+    try:
+        fraction = float(value) if value else DEFAULT_GPU_MEMORY_FRACTION
+    except ValueError:
+        raise ValueError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value!r} is not a number; e.g. 0.9") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value} is not in (0, 1]; e.g. 0.9")
+    return fraction
+
+
 def hbm_per_device(devices) -> float | None:
-    """Bytes of HBM per device: the chip's, shared by the devices on one chip (v4 shows its two TensorCores
-    as two devices); None for devices that are not TPUs."""
+    """Bytes of HBM per device that a program may use: the chip's, shared by the devices on one chip (v4 shows
+    its two TensorCores as two devices), or JAX's share of a GPU's (`gpu_memory_fraction`); None for CPUs."""
     kind = devices[0].device_kind
+    gpu = next((t for t in GPU_TARGETS.values() if t.device_kind == kind), None)
+    if gpu is not None:
+        return gpu.memory_mib * 2**20 * gpu_memory_fraction()
     if kind not in HBM_GIB_PER_CHIP:
         return None
     per_chip = collections.Counter(tuple(d.coords) for d in devices)
@@ -132,16 +243,17 @@ def xla_flops_per_token(config) -> float:
     return _flops(lowered.cost_analysis()) / (batch * length)
 
 
-def _flops(cost_analysis) -> float:
+def _flops(cost_analysis) -> float | None:
+    """XLA's FLOP count from a cost analysis; None where the backend gives none (GPUs compiled without one)."""
     cost = cost_analysis[0] if isinstance(cost_analysis, (list, tuple)) else cost_analysis
-    return float(cost["flops"])
+    return None if cost is None else float(cost["flops"])
 
 
 def aot_compile(config, topology: str, config_name: str = "") -> CompileReport:
     """Compiles the trainer's train step of `config` for `topology`; see CompileReport."""
     import jax
 
-    from sedd_jax import configs, flops, parallel, progress, train_state, train_step
+    from sedd_jax import configs, flops, parallel, program_memory, train_state, train_step
 
     devices = topology_devices(topology)
     hosts = len({d.process_index for d in devices})
@@ -154,7 +266,7 @@ def aot_compile(config, topology: str, config_name: str = "") -> CompileReport:
     memory, out_of_memory, compiled_flops = None, None, None
     try:
         compiled = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
-        memory = progress.memory_summary(compiled)
+        memory = program_memory.memory_summary(compiled)
         compiled_flops = _flops(compiled.cost_analysis())
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
@@ -204,8 +316,7 @@ def advice(report: CompileReport, config=None) -> list[str]:
             tips.append(_accumulation_that_fits(report, config, per_device))
     if report.remat != "full":
         tips.append(f"recompute more in the backward pass: --config.model.remat=full (now {report.remat})")
-    tips.append(f"or a smaller --config.training.batch_size (now {report.batch_size}), or a slice with more "
-                "devices")
+    tips.append(f"or a smaller --config.training.batch_size (now {report.batch_size}), or more devices")
     return tips
 
 
@@ -241,7 +352,7 @@ def _compile_with_accum(report: CompileReport, config, accum: int) -> tuple[bool
     report's topology and mesh."""
     import jax
 
-    from sedd_jax import parallel, progress, train_state, train_step
+    from sedd_jax import parallel, program_memory, train_state, train_step
 
     candidate = config.copy_and_resolve_references()
     candidate.training.accum = accum
@@ -257,16 +368,16 @@ def _compile_with_accum(report: CompileReport, config, accum: int) -> tuple[bool
         needed = _needed_temporaries(refused)
         return False, (f"temporaries {_gib(needed)} (the compiler refused it)" if needed
                        else "more than the compiler allows")
-    memory = progress.memory_summary(compiled)
+    memory = program_memory.memory_summary(compiled)
     if memory is None:
         return True, "an unknown total (no memory analysis)"
     return memory["total"] <= report.hbm, f"total {_gib(memory['total'])}"
 
 
 def _gib(n: float) -> str:
-    from sedd_jax import progress
+    from sedd_jax import program_memory
 
-    return progress.format_bytes(n)
+    return program_memory.format_bytes(n)
 
 
 def format_text(r: CompileReport) -> str:
@@ -362,8 +473,9 @@ def _define_flags() -> None:
     from sedd_jax.configs import command_line
 
     config_flags.DEFINE_config_file("config", None, command_line.CONFIG_HELP, lock_config=True)
-    flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8) "
-                        "or cpu:N for N fake CPU devices.")
+    flags.DEFINE_string("topology", None, "TPU slice as libtpu names it (v4:2x2x2, v5e:4x4, v5p:2x2x4, v6e:8x8), "
+                        "NVIDIA GPUs (h100, h200:8 on one host, a100:2x8 on two hosts; needs jax[cuda12]) or cpu:N "
+                        "for N fake CPU devices.")
     flags.DEFINE_enum("format", "text", ["text", "markdown", "json"],
                       "Output: a report, a docs/scale.md row, or JSON.")
     flags.mark_flags_as_required(["config", "topology"])

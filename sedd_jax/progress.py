@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from sedd_jax import extras
+from sedd_jax.program_memory import format_bytes, memory_summary
 
 periodic_actions = extras.require("clu.periodic_actions", "training")
 
@@ -66,22 +67,6 @@ def config_lines(config) -> list[str]:
     return ([f"config: {top}"] if top else []) + [
         f"  {k}: " + ", ".join(f"{f}={v}" for f, v in section.items())
         for k, section in d.items() if isinstance(section, dict)]
-
-
-def format_bytes(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
-
-
-def memory_summary(compiled) -> dict | None:
-    """Per-device bytes of a compiled program: {"arguments", "outputs", "temporaries", "total"}, where total
-    counts donated arguments once (they are updated in place). None where the backend does not say."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return dict(arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
-                temporaries=analysis.temp_size_in_bytes,
-                total=(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes))
 
 
 def report_memory(compiled, what: str) -> None:

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -132,14 +133,54 @@ def test_compiled_tpu_program_counts_the_same_flops():
 
 
 def test_bad_topologies_are_explained():
-    with pytest.raises(ValueError, match="not a TPU slice name or cpu:N; e.g. v4:2x2x2"):
+    with pytest.raises(ValueError, match=r"not a TPU slice, a GPU \(a100, h100, h200\) or cpu:N; e.g. v4:2x2x2"):
         aot.aot_compile(tiny.get_config(), "tpu-16")
+    with pytest.raises(ValueError, match="'h300' is not a TPU slice, a GPU"):
+        aot.aot_compile(tiny.get_config(), "h300")
     with pytest.raises(ValueError, match="libtpu does not know the topology 'v9:4x4'"):
         aot.aot_compile(tiny.get_config(), "v9:4x4")
     with pytest.raises(ValueError, match="needs 64 CPU devices and jax has 1; set XLA_FLAGS"):
         aot.aot_compile(tiny.get_config(), "cpu:64")
     with pytest.raises(ValueError, match="3 devices, but 16 are available"):
         aot.aot_compile(_config(tiny, mesh__data=3), "v5e:4x4")
+
+
+def test_gpu_topologies_are_explained(monkeypatch):
+    with pytest.raises(ValueError, match=r"h100:0 names no devices; e.g. h100:8 \(8 GPUs on one host\)"):
+        aot.topology_devices("h100:0")
+    with pytest.raises(ValueError, match="h200:0x8 names no devices"):
+        aot.topology_devices("h200:0x8")
+    monkeypatch.setattr(aot, "_has_cuda_plugin", lambda: False)
+    with pytest.raises(ValueError, match=r"compiling for a100 GPUs needs JAX's CUDA plugin: pip install -U "
+                                         r'"jax\[cuda12\]"'):
+        aot.topology_devices("a100:2x8")
+
+
+def test_gpu_memory_is_jax_share_of_each_chip(monkeypatch):
+    h200 = [types.SimpleNamespace(device_kind="NVIDIA H200")] * 8
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    assert aot.hbm_per_device(h200) == 143771 * 2**20 * 0.75   # JAX preallocates 75% by default
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
+    assert aot.hbm_per_device(h200) == 143771 * 2**20 * 0.9
+    for bad, message in (("most", "is not a number"), ("1.5", r"is not in \(0, 1\]")):
+        monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", bad)
+        with pytest.raises(ValueError, match=f"XLA_PYTHON_CLIENT_MEM_FRACTION=.*{message}"):
+            aot.hbm_per_device(h200)
+    assert aot.hbm_per_device([types.SimpleNamespace(device_kind="cpu")]) is None
+
+
+@pytest.mark.parametrize("name", sorted(aot.GPU_TARGETS))
+def test_gpu_target_configs_describe_each_chip(name):
+    target = aot.GPU_TARGETS[name]
+    text = aot.gpu_target_config(target)
+    major, minor = target.compute_capability
+    for line in (f"core_count: {target.cores}", f"device_memory_size: {target.memory_mib * 2**20}",
+                 f"cuda_compute_capability {{ major: {major} minor: {minor} }}", 'platform_name: "CUDA"',
+                 f'device_description_str: "{target.device_kind}"'):
+        assert line in text, line
+    assert text.count("{") == text.count("}")
+    # its device kind has a peak in sedd_jax.flops, so the benchmarks' MFU names it
+    assert flops.peak_flops(target.device_kind, "bfloat16") > 1e14
 
 
 def test_command_line_on_fake_cpu_devices():
@@ -158,7 +199,7 @@ def test_command_line_on_fake_cpu_devices():
     bad = subprocess.run([sys.executable, "-m", "sedd_jax.compile", f"--config={REPO}/configs/tiny.py",
                           "--topology=v5e"], capture_output=True, text=True, env=dict(env, PYTHONPATH=REPO),
                          cwd=REPO, timeout=300)
-    assert bad.returncode == 1 and "error: --topology='v5e' is not a TPU slice name" in bad.stderr
+    assert bad.returncode == 1 and "error: --topology='v5e' is not a TPU slice, a GPU" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

@@ -37,7 +37,7 @@ def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
     remat policy keeps the forward's residuals."""
     import jax
 
-    from sedd_jax import parallel, progress, train_state, train_step
+    from sedd_jax import parallel, program_memory, train_state, train_step
 
     mesh = dict(data=1, fsdp=2, tensor=2)
     config = _config(owt_small, model__attention="splash", model__n_blocks=2, model__length=512,
@@ -58,4 +58,4 @@ def test_splash_attention_compiles_per_shard_for_a_tpu_slice():
     # each device's kernels see its shard: [B / (data * fsdp), heads / tensor, L, dh], never the whole batch
     shard = f"bf16[{8 // (mesh['data'] * mesh['fsdp'])},{12 // mesh['tensor']},512,64]"
     assert all(shard in call for call in calls), [call[:300] for call in calls]
-    assert progress.memory_summary(compiled)["total"] <= aot.hbm_per_device(devices)
+    assert program_memory.memory_summary(compiled)["total"] <= aot.hbm_per_device(devices)

@@ -240,6 +240,18 @@ def test_core_install_data_command_names_the_train_extra(core_python, tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
+def test_core_install_compiles_for_a_topology(core_python, tmp_path):
+    """sedd-compile needs no training extra (only a compiler: libtpu's for TPUs, JAX's CUDA plugin for GPUs)."""
+    done = _run(core_python, "-m", "sedd_jax.compile", "--config=tiny", "--topology=cpu:2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("tiny on cpu:2: 2 x cpu on 1 host(s)") and done.stdout.rstrip().endswith("fits")
+    done = _run(core_python, "-m", "sedd_jax.compile", "--config=tiny", "--topology=h100:8", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        'error: compiling for h100 GPUs needs JAX\'s CUDA plugin: pip install -U "jax[cuda12]" (it compiles on '
+        'machines without a GPU)')
+
+
 def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collections(installed, tmp_path):
     """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
     but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the

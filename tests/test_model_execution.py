@@ -127,6 +127,17 @@ def test_low_precision_backward_multiplies_the_cotangent_in_bfloat16():
     assert set(_dot_input_dtypes(backward(True), d_out)) == {("bfloat16", "bfloat16")}
 
 
+def test_fused_attention_follows_the_platform_of_the_mesh():
+    """cuDNN's kernel is chosen by the devices a program is compiled for (GPUs only described, when sedd_jax.compile
+    compiles for them on a machine without one), else by JAX's default backend."""
+    assert transformer._target_platform() == jax.default_backend()
+    described = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",), abstract_device=described)):
+        assert transformer._target_platform() == "gpu"
+    with jax.set_mesh(jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), ("data",))):
+        assert transformer._target_platform() == "cpu"
+
+
 def test_splash_attention_kernel_matches_plain_attention(monkeypatch):
     # The TPU kernel's own code through Pallas's interpreter, over two blocks of keys (the online softmax).
     monkeypatch.setattr(transformer, "SPLASH_BLOCK", 128)

@@ -233,11 +233,19 @@ def _softmax_attention_backward(residuals, d_out):
 _softmax_attention.defvjp(_softmax_attention_forward, _softmax_attention_backward)
 
 
+def _target_platform() -> str:
+    """The platform the program is traced for: the devices of the mesh set by `jax.set_mesh` (GPUs that are only
+    described, when `sedd_jax.compile` compiles for them without the hardware), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """`jax.nn.dot_product_attention` (same shapes and math as `plain_attention`): cuDNN's fused flash attention
     on NVIDIA GPUs for bfloat16 inputs, XLA's implementation elsewhere."""
     implementation = None
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    if _target_platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         implementation = "cudnn"
     return jax.nn.dot_product_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1]), implementation=implementation)
 
