@@ -250,6 +250,41 @@ def test_gradients_are_equal_for_every_execution():
                                        err_msg=f"{_name(execution)} {path}")
 
 
+def _scan_residuals(model, params, x, sigma, capsys) -> list[str]:
+    """The types of what the blocks' scan keeps for the backward pass, as jax.ad_checkpoint reports them."""
+    loss = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x, sigma, train=True).astype(jnp.float32)))
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    return [line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if " output of scan " in line]
+
+
+def test_bfloat16_remat_keeps_rounded_projections_with_the_same_gradients(capsys):
+    """Under bf16 compute, dots_no_batch keeps each projection as its bf16 output (half the bytes of its float32
+    product, which nothing else reads); under float32 it keeps the products as before."""
+    x = jax.random.randint(jax.random.key(2), (4, 16), 0, 21)
+    sigma = jnp.array([0.1, 0.7, 2.0, 5.0])
+    kept = {}
+    for dtype in ("float32", "bfloat16"):
+        model = models.get_model(_config(attention="plain", scan_blocks=True, remat="dots_no_batch"), dtype)
+        kept[dtype] = _scan_residuals(model, _perturbed_params(model, x, sigma), x, sigma, capsys)
+    # 3 blocks; 64 rows: modulation [4, 6 x 32], q/k/v [.., 96], attention out [.., 32], mlp [.., 128], [.., 32]
+    assert kept["float32"] == ["f32[3,4,192]", "f32[3,64,96]", "f32[3,64,32]", "f32[3,64,128]", "f32[3,64,32]",
+                               "f32[3,4,16,32]"]
+    assert kept["bfloat16"] == ["bf16[3,4,192]", "bf16[3,4,16,96]", "bf16[3,4,16,32]", "bf16[3,4,16,128]",
+                                "bf16[3,4,16,32]", "f32[3,4,16,32]"]
+    low = {remat: models.get_model(_config(attention="plain", scan_blocks=True, remat=remat), "bfloat16")
+           for remat in ("none", "dots_no_batch")}
+    params = _perturbed_params(low["none"], x, sigma)
+
+    def grads(model):
+        loss = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x, sigma, train=True).astype(jnp.float32)))
+        return jax.jit(jax.grad(loss))(params)
+
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(grads(low["dots_no_batch"])),
+                            jax.tree.leaves(grads(low["none"]))):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max(), err_msg=str(path))
+
+
 def test_scanned_blocks_keep_one_parameter_entry_per_block():
     x, sigma = jnp.zeros((1, 16), jnp.int32), jnp.ones((1,))
     unrolled = jax.eval_shape(models.get_model(_config(scan_blocks=False)).init, jax.random.key(0), x, sigma)

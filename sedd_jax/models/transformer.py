@@ -103,7 +103,9 @@ class TorchLinear(nn.Module):
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(init, (self.axes[1],)), (self.features,))
             y = y + bias
-        return y.astype(self.dtype)
+        if self.dtype == jnp.float32:
+            return y.astype(self.dtype)
+        return checkpoint_name(y.astype(self.dtype), PROJECTION)
 
 
 class LayerNorm(nn.Module):
@@ -305,6 +307,8 @@ DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by e
                                # activation), so the backward never redraws them
 ATTENTION_RESIDUALS = "attention_residuals"  # splash attention's output and row log-sum-exp: kept by every
                                              # policy, so the backward never reruns the forward kernel
+PROJECTION = "projection"  # a TorchLinear's output under low-precision compute: what the dot-saving policies keep
+                           # of it, instead of its float32 product (half the bytes; see _rounded_projections)
 
 
 def _keeping_dropout_masks(policy):
@@ -312,11 +316,32 @@ def _keeping_dropout_masks(policy):
         policy, jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, ATTENTION_RESIDUALS))
 
 
+def _widened_product(prim, *avals, **params) -> bool:
+    """A product without batch dimensions of low-precision operands accumulated into float32: a TorchLinear's
+    under bfloat16 compute, whose output is rounded to bfloat16 (plus a bias) before anything reads it."""
+    if prim is not jax.lax.dot_general_p or any(params["dimension_numbers"][1]):
+        return False
+    return params.get("preferred_element_type") == jnp.float32 and all(a.dtype != jnp.float32 for a in avals)
+
+
+def _rounded_projections(policy):
+    """`policy`, except that a TorchLinear under low-precision compute is kept as its rounded output (PROJECTION)
+    rather than as its float32 product, which everything after it reads only through that output: the same
+    recomputation in half the memory (SEDD-small, bf16, 32 x 1024 on an H200: 13.0 -> 8.4 GiB of temporaries).
+    Float32 programs are unchanged (no widened products, no such names)."""
+    def saveable(prim, *avals, **params):
+        return policy(prim, *avals, **params) and not _widened_product(prim, *avals, **params)
+    return jax.checkpoint_policies.save_from_both_policies(
+        saveable, jax.checkpoint_policies.save_only_these_names(PROJECTION))
+
+
 # Rematerialisation policies for the blocks' backward pass (`SEDD.remat`): which forward values are kept.
 REMAT_POLICIES = {
     "none": None,                                                   # keep everything (no recomputation)
-    "dots": _keeping_dropout_masks(jax.checkpoint_policies.dots_saveable),  # matmul outputs; recompute the rest
-    "dots_no_batch": _keeping_dropout_masks(jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    "dots": _keeping_dropout_masks(_rounded_projections(jax.checkpoint_policies.dots_saveable)),
+                                                                    # matmul outputs; recompute the rest
+    "dots_no_batch": _keeping_dropout_masks(
+        _rounded_projections(jax.checkpoint_policies.dots_with_no_batch_dims_saveable)),
                                                                     # ... but not attention's scores / values
     "full": _keeping_dropout_masks(jax.checkpoint_policies.nothing_saveable),  # each block's input only
 }
