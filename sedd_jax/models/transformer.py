@@ -12,7 +12,9 @@ Precision (`compute_dtype`):
   * "bfloat16": the reference's autocast policy. Parameters stay float32; every Dense casts its inputs and
     kernel to bf16 and returns bf16 (float32 accumulation on GPU/TPU); LayerNorm, the adaLN modulation and
     the residual stream stay float32; attention runs on bf16 q/k/v; rotary cos/sin are rounded to bf16, the
-    rotation is computed in float32 and rounded to bf16; the output post-processing is in bf16.
+    rotation is computed in float32 and rounded to bf16; the output post-processing is in bf16. The backward
+    pass multiplies in bf16 too (the output layer's through `_low_precision_product`), and the remat policies
+    keep each Dense as its bf16 output (`PROJECTION`), not as its float32 product.
 
 Every parameter carries logical axis names (see `sedd_jax.parallel` for the rules that map them to mesh
 axes): "vocab", "embed", "heads" (the fused q/k/v and attention output columns), "mlp", "cond", "freq",
