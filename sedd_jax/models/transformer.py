@@ -81,7 +81,8 @@ class TorchLinear(nn.Module):
     dtype: jnp.dtype = jnp.float32
     use_bias: bool = True
     zero_init: bool = False
-    low_precision_backward: bool = False  # see _low_precision_product; not under remat (its policies save dots)
+    low_precision_backward: bool = False  # backward products in `dtype` too (_low_precision_product): the output
+                                          # layer's; on every layer it cost a TPU program 1.7% more memory
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
