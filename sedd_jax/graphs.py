@@ -24,6 +24,7 @@ Deliberate differences from the reference:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,28 @@ def _expm1_total_noise(sigma: jax.Array) -> jax.Array:
 
 
 def _gather(values: jax.Array, index: jax.Array) -> jax.Array:
-    """values[..., index] per position: `[..., dim]`, `[...]` int -> `[...]`."""
+    """values[..., index] per position: `[..., dim]`, `[...]` int -> `[...]`.
+
+    Its gradient is written as a select over the row, which fuses into the rest of the backward pass; autodiff's is
+    a scatter into a zeroed `[..., dim]` buffer (SEDD-small on an H200: ~7 GiB of memory traffic per train step)."""
+    return _take(values, index, values.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _take(values: jax.Array, index: jax.Array, dim: int) -> jax.Array:
     return jnp.take_along_axis(values, index[..., None], axis=-1)[..., 0]
+
+
+def _take_forward(values, index, dim):
+    return _take(values, index, dim), index
+
+
+def _take_backward(dim, index, d_out):
+    columns = jax.lax.broadcasted_iota(jnp.int32, index.shape + (dim,), index.ndim)
+    return jnp.where(columns == index[..., None], d_out[..., None], jnp.zeros((), d_out.dtype)), None
+
+
+_take.defvjp(_take_forward, _take_backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +244,10 @@ class Absorbing(Graph):
         is_mask = x == self.mask_id
         ratio = 1 / _expm1_total_noise(_per_token(sigma, x.ndim))
         safe_log_score = jnp.where(is_mask[..., None], log_score, 0.0)
-        pos_term = jnp.exp(safe_log_score[..., :-1]).sum(axis=-1)
+        # the real tokens' terms, MASK's column sent to exp(-inf) = 0 rather than sliced off (a slice's gradient
+        # is a padded copy of the row)
+        columns = jax.lax.broadcasted_iota(jnp.int32, log_score.shape, log_score.ndim - 1)
+        pos_term = jnp.exp(jnp.where(columns < self.mask_id, safe_log_score, -jnp.inf)).sum(axis=-1)
         neg_term = ratio * _gather(safe_log_score, x0)
         const = ratio * (jnp.log(ratio) - 1)
         return jnp.where(is_mask, pos_term - neg_term + const, 0.0)
