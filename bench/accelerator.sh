@@ -2,7 +2,8 @@
 # SEDD-small in bfloat16 at length 1024 on one accelerator (GPU or TPU), in a few minutes: training MFU and
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
 # fused attention (and splash on TPUs); training with the config's rematerialisation policy and without any, and
-# once for the whole network (no masked-positions skip: the MFU of the hardware); the likelihood bound's draws.
+# once for the whole network (no masked-positions skip: the MFU of the hardware); the likelihood bound's draws; on
+# GPUs, the roofline estimate of the train step (bench/roofline.py).
 # Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and ml-collections:
 # nothing of the data stack.
 #
@@ -69,3 +70,10 @@ python3 bench/likelihood.py --size="$size" --compute_dtype="$dtype" --length="$l
     --batch_size="${EVAL_BATCH:-16}" --attention="$attention" --mc_samples="${EVAL_DRAWS:-4}" --repeats=3 \
     2>&1 | tee -a "$log"
 echo "figures written to $log"
+# On GPUs: the roofline estimate of the same train step as compiled here (autotuned), to set against its measured
+# time above (bench/README.md, "Where an H200 step's time would go").
+if [ "$(python3 -c 'import jax; print(jax.default_backend())')" = gpu ]; then
+    echo "=== roofline: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=config" | tee -a "$log"
+    python3 bench/roofline.py --size="$size" --compute_dtype="$dtype" --length="$length" \
+        --batch_size="${BATCH:-32}" --attention="$attention" --topology=local --top=15 2>&1 | tee -a "$log"
+fi

@@ -1,0 +1,52 @@
+"""bench/roofline.py's reading of compiled programs (here XLA's CPU programs, whose text has the same form as the
+GPU's): products and their trip counts, slices of stacked buffers, the roofline sum."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tests.train_testing import REPO
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import roofline  # noqa: E402  (bench/ is not a package)
+
+PRODUCT_FLOPS = 2 * 64 * 32 * 32  # [64, 32] x [32, 32]
+
+
+def _compiled_text(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def test_products_are_counted_with_their_loops_trip_counts():
+    def fn(x, w, n):
+        x = jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ w), x)      # known trip count
+        return jax.lax.fori_loop(0, n, lambda i, x: x @ w, x)              # unknown: counted as told
+
+    kernels = roofline.kernels(_compiled_text(fn, jnp.ones((64, 32)), jnp.ones((32, 32)), 3), unknown_trip_count=7)
+    products = [k for k in kernels if k.flops]
+    assert all(k.kind == "gemm" and k.flops == PRODUCT_FLOPS for k in products)
+    assert sorted(k.count for k in products) == [5, 7]
+    assert any(k.loops.endswith("x5") for k in products)
+    assert any("x7 (unknown" in k.loops for k in products)
+    assert all(k.bytes == (2 * 64 * 32 + 32 * 32) * 4 for k in products)  # [64, 32] in and out, [32, 32] in
+
+
+def test_a_loop_reading_a_stacked_buffer_counts_its_slices():
+    xs = jnp.ones((10, 64, 32))
+    scan = lambda xs, w: jax.lax.scan(lambda c, x: (c + jnp.sin(x) @ w, None), jnp.zeros((64, 32)), xs)[0]
+    kernels = roofline.kernels(_compiled_text(scan, xs, jnp.ones((32, 32))), unknown_trip_count=1)
+    in_loop = [k for k in kernels if k.count == 10]
+    assert sum(k.flops for k in in_loop) == PRODUCT_FLOPS
+    slice_bytes, stack_bytes = 64 * 32 * 4, xs.size * 4
+    assert max(k.bytes for k in in_loop) < stack_bytes  # each iteration reads its slice, not the stack
+    assert sum(k.bytes for k in in_loop) >= slice_bytes
+
+
+def test_roofline_time_is_the_slower_of_compute_and_memory():
+    kernel = roofline.Kernel("gemm", "%k", "f32[8]", "", count=3, bytes=4e6, flops=1e9, op_name="")
+    assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9) == pytest.approx(3 * 4e-3)  # memory-bound
+    assert roofline.roofline_seconds(kernel, peak=1e11, bandwidth=1e12) == pytest.approx(3 * 1e-2)  # compute-bound
+    assert roofline.array_bytes("(bf16[2,3]{1,0}, f32[4]{0}, s32[])") == 2 * 6 + 4 * 4 + 4
