@@ -86,6 +86,11 @@ def test_tanh_gelu_is_jax_gelu_with_its_closed_form_derivative():
     np.testing.assert_allclose(vjp(d_out)[0], want, rtol=1e-6, atol=4e-6)
     low, low_vjp = jax.vjp(transformer.tanh_gelu, u.astype(jnp.bfloat16))
     assert low.dtype == jnp.bfloat16 and low_vjp(low)[0].dtype == jnp.bfloat16
+    # the bf16 gradient is pinned to its rounding (an optimization barrier, so XLA cannot read the float32 product in
+    # its place); the float32 program has no barrier
+    barriers = lambda vjp, d: [e for e in jax.make_jaxpr(vjp)(d).eqns if e.primitive.name == "optimization_barrier"]
+    assert [str(e.outvars[0].aval.dtype) for e in barriers(low_vjp, low)] == ["bfloat16"]
+    assert barriers(vjp, d_out) == []
 
 
 def _dot_input_dtypes(fn, *args):
