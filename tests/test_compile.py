@@ -19,18 +19,18 @@ pytest.importorskip("libtpu", reason='libtpu is missing: pip install -e ".[test]
 
 
 def test_a_config_that_does_not_fit_is_told_what_to_change():
-    # A one-block model of the shipped vocabulary, 768 sequences of 64 per 16 GiB v5e chip, with the whole
+    # A one-block model of the shipped vocabulary, 1024 sequences of 64 per 16 GiB v5e chip, with the whole
     # network's loss (its [B, L, V] logits; the masked-positions loss makes them 1/16 as large and fits): libtpu's
-    # compiler refuses it (about 23 GiB of temporaries), quickly. The advice is the first accumulation that
+    # compiler refuses it (about 18.7 GiB of temporaries), quickly. The advice is the first accumulation that
     # compiles within HBM, with its compiled total.
     config = _config(owt_small, model__n_blocks=1, model__hidden_size=64, model__n_heads=2, model__cond_dim=32,
-                     model__length=64, training__batch_size=3072, training__masked_positions_only=False)
+                     model__length=64, training__batch_size=4096, training__masked_positions_only=False)
     report = aot.aot_compile(config, "v5e:2x2")
     assert not report.fits and report.memory is None and report.out_of_memory.startswith("RESOURCE_EXHAUSTED")
     assert report.hbm == 16 * 2**30 and report.device_kind == "TPU v5 lite" and report.mesh["data"] == 4
     text = aot.format_text(report)
     assert "DOES NOT FIT" in text and "--config.model.remat=full" in text and "--config.training.batch_size" in text
-    assert ("--config.training.accum=2 (micro-batches of 384 sequences per device instead of 768; compiled: "
+    assert ("--config.training.accum=2 (micro-batches of 512 sequences per device instead of 1024; compiled: "
             "total " in text), text
     assert "~" not in text
     row = aot.format_markdown(report)
