@@ -197,7 +197,6 @@ def kernels(text: str, unknown_trip_count: int) -> list[Kernel]:
                                          r"false_computation)=?(%[\w.\-]+)", ins.attributes):
                     walk(called, count, loops)
                 continue
-            operands = sum(array_bytes(shapes.get(o, "")) for o in ins.operands)
             flops, kind = 0.0, ins.opcode
             if ins.opcode == "fusion":
                 flops = products_in(computations, shapes, _called(ins, "calls"))
@@ -205,7 +204,7 @@ def kernels(text: str, unknown_trip_count: int) -> list[Kernel]:
                 kind = "gemm" if flops else f"fusion:{fusion_kind.group(1)}"
                 moved = fusion_bytes(computations, shapes, ins)
             else:
-                moved = operands + array_bytes(ins.shape)
+                moved = sum(array_bytes(shapes.get(o, "")) for o in ins.operands) + array_bytes(ins.shape)
                 if ins.opcode == "custom-call":
                     kind = re.search(r'custom_call_target="([^"]+)"', ins.attributes).group(1)
                     if "fmha" in kind:
@@ -300,10 +299,10 @@ def main():
           f"run ({products / peak * 1e3:.2f} ms at peak)")
     print(f"model FLOPs (sedd_jax.flops, as bench/train_step.py's MFU) {model_flops / 1e12:.2f} TFLOP per step: "
           f"MFU at most {model_flops / peak / total:.1%}")
-    print(f"\nslowest {args.top} kernels (all runs): ms, GiB, TFLOP, runs, result, operation")
+    print(f"\nslowest {args.top} kernels (all runs): ms, GiB, TFLOP, runs, kernel, result, operation")
     for k in sorted(found, key=lambda k: -roofline_seconds(k, peak, bandwidth))[:args.top]:
         print(f"{roofline_seconds(k, peak, bandwidth) * 1e3:7.2f} {k.count * k.bytes / 2**30:7.2f} "
-              f"{k.count * k.flops / 1e12:6.2f} x{k.count:<4d} {k.shape[:48]:48s} {k.op_name[-90:]}")
+              f"{k.count * k.flops / 1e12:6.2f} x{k.count:<4d} {k.name[:28]:28s} {k.shape[:48]:48s} {k.op_name[-70:]}")
 
 
 if __name__ == "__main__":
