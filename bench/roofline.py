@@ -138,8 +138,8 @@ def products_in(computations, shapes, computation: str) -> float:
 
 def fusion_bytes(computations, shapes, fusion: Instruction) -> int:
     """Bytes a fusion reads and writes: every operand and result in full, except an operand read only through
-    dynamic slices (the slices count) and a buffer that a dynamic-update-slice result updates in place (the
-    update counts)."""
+    dynamic slices (the slices count) and a buffer that a dynamic-update-slice or scatter result updates in place
+    (the update counts; a scatter's twice: it reads the elements it adds to)."""
     body = computations[_called(fusion, "calls")]
     by_name = {i.name: i for i in body}
     roots = [i for i in body if i.root]
@@ -150,6 +150,9 @@ def fusion_bytes(computations, shapes, fusion: Instruction) -> int:
         if root.opcode == "dynamic-update-slice":
             in_place.add(root.operands[0])
             total += array_bytes(by_name[root.operands[1]].shape if root.operands[1] in by_name else root.shape)
+        elif root.opcode == "scatter" and len(root.operands) == 3:  # (operand, indices, updates)
+            in_place.add(root.operands[0])
+            total += 2 * array_bytes(by_name[root.operands[2]].shape if root.operands[2] in by_name else root.shape)
         else:
             total += array_bytes(root.shape)
     uses = collections.defaultdict(list)

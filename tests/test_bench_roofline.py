@@ -45,6 +45,15 @@ def test_a_loop_reading_a_stacked_buffer_counts_its_slices():
     assert sum(k.bytes for k in in_loop) >= slice_bytes
 
 
+def test_a_scatter_in_place_counts_the_rows_it_updates():
+    buffer, rows = jnp.zeros((4096, 32)), jnp.ones((64, 32))
+    fn = lambda buffer, index, rows: jax.lax.fori_loop(0, 5, lambda i, b: b.at[index + i].add(jnp.sin(rows)), buffer)
+    kernels = roofline.kernels(_compiled_text(fn, buffer, jnp.arange(64), rows), unknown_trip_count=1)
+    (scatter,) = [k for k in kernels if k.count == 5 and "scatter" in k.name]
+    assert scatter.bytes < buffer.size * 4  # not the whole buffer, read and written
+    assert scatter.bytes >= 2 * rows.size * 4  # the rows added to, read and written (the updates' reads besides)
+
+
 def test_roofline_time_is_the_slower_of_compute_and_memory():
     kernel = roofline.Kernel("gemm", "%k", "f32[8]", "", count=3, bytes=4e6, flops=1e9, op_name="")
     assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9) == pytest.approx(3 * 4e-3)  # memory-bound
