@@ -71,9 +71,12 @@ python3 bench/likelihood.py --size="$size" --compute_dtype="$dtype" --length="$l
     2>&1 | tee -a "$log"
 echo "figures written to $log"
 # On GPUs: the roofline estimate of the same train step as compiled here (autotuned), to set against its measured
-# time above (bench/README.md, "Where an H200 step's time would go").
+# time above (bench/README.md, "Where an H200 step's time would go"). The autotuned program and XLA's autotuning
+# results are kept in RESULTS_DIR, for reading without a GPU (`bench/roofline.py --hlo=RESULTS_DIR/train_step.hlo`).
 if [ "$(python3 -c 'import jax; print(jax.default_backend())')" = gpu ]; then
     echo "=== roofline: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=config" | tee -a "$log"
-    python3 bench/roofline.py --size="$size" --compute_dtype="$dtype" --length="$length" \
-        --batch_size="${BATCH:-32}" --attention="$attention" --topology=local --top=15 2>&1 | tee -a "$log"
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_dump_autotune_results_to=$results/autotune_results.textproto" \
+        python3 bench/roofline.py --size="$size" --compute_dtype="$dtype" --length="$length" \
+        --batch_size="${BATCH:-32}" --attention="$attention" --topology=local --top=15 \
+        --save_hlo="$results/train_step.hlo" 2>&1 | tee -a "$log"
 fi

@@ -2,7 +2,7 @@
 memory bandwidth and peak, summed with the loops' trip counts (a roofline estimate, not a measurement).
 
     python bench/roofline.py [model flags of bench/train_step.py] [--topology=h200|h100|a100|local]
-        [--chunk_runs=9] [--top=25]
+        [--chunk_runs=9] [--top=25] [--save_hlo=FILE | --hlo=FILE]
 
 `--topology=h200` (the default) compiles the trainer's own step for a described H200 on any machine with JAX's
 CUDA plugin (`sedd_jax.compile`; no GPU needed, GEMM kernels not autotuned); `--topology=local` compiles it for
@@ -14,6 +14,10 @@ the update. The sum bounds the step's time from below (kernels at the chip's dat
 so the model-FLOPs utilisation it implies bounds MFU from above. Loops without a known trip count (the absorbing
 loss's chunk loop, which runs as many of its chunks as the most-masked data shard needs: about 9 of 16 with
 half the positions masked) count `--chunk_runs` iterations. Figures are printed, never asserted.
+
+`--save_hlo=FILE` writes the compiled program's text; `--hlo=FILE` reads such a file instead of compiling (no CUDA
+plugin needed), with the chip named by `--topology` and the model flags the program was compiled with (for its
+model FLOPs). So the autotuned program of a GPU (`bench/accelerator.sh` saves it) can be read again anywhere.
 """
 
 from __future__ import annotations
@@ -256,7 +260,13 @@ def main():
     p.add_argument("--chunk_runs", type=int, default=9,
                    help="iterations counted for loops of unknown trip count (the masked-positions chunk loop)")
     p.add_argument("--top", type=int, default=25, help="the kernels listed one by one (slowest first)")
+    p.add_argument("--save_hlo", default=None, help="also write the compiled program's text to this file")
+    p.add_argument("--hlo", default=None,
+                   help="read a program written by --save_hlo instead of compiling (--topology names its chip)")
     args = p.parse_args()
+    if args.hlo and (args.save_hlo or args.topology == "local"):
+        p.error("--hlo reads a saved program: it takes neither --save_hlo nor --topology=local (name the chip the "
+                "program was compiled for, e.g. --topology=h200)")
 
     import jax
 
@@ -264,28 +274,48 @@ def main():
 
     config = common.config_from_flags(args)
     print(common.describe(config))
-    if args.topology == "local":
-        devices = jax.devices()[:1]
-        bandwidth = next((t.bandwidth for t in aot.GPU_TARGETS.values() if t.device_kind == devices[0].device_kind),
-                         None)
-    else:
+    graph, _, model, optimizer, loss_fn = train_step.training_components(config)
+    if args.hlo:
         if args.topology not in aot.GPU_TARGETS:
+            p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)}")
+        target = aot.GPU_TARGETS[args.topology]
+        device_kind, bandwidth = target.device_kind, target.bandwidth
+        try:
+            with open(args.hlo) as f:
+                text = f.read()
+        except OSError as e:
+            p.error(f"--hlo={args.hlo!r}: {e.strerror}")
+        if "ENTRY" not in text:
+            p.error(f"--hlo={args.hlo!r} holds no HLO program (write one with --save_hlo)")
+        program_line = f"program read from {args.hlo}"
+    else:
+        if args.topology == "local":
+            devices = jax.devices()[:1]
+            bandwidth = next((t.bandwidth for t in aot.GPU_TARGETS.values()
+                              if t.device_kind == devices[0].device_kind), None)
+        elif args.topology in aot.GPU_TARGETS:
+            devices = aot.topology_devices(args.topology)
+            bandwidth = aot.GPU_TARGETS[args.topology].bandwidth
+        else:
             p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)} or 'local'")
-        devices = aot.topology_devices(args.topology)
-        bandwidth = aot.GPU_TARGETS[args.topology].bandwidth
-    device_kind = devices[0].device_kind
+        device_kind = devices[0].device_kind
+        mesh = parallel.create_mesh(config, devices)
+        _, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, mesh,
+                                                                      jax.random.key(0))
+        step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
+        text, program_line = step.as_text(), common.compiled_memory_line(step)
+        if args.save_hlo:
+            with open(args.save_hlo, "w") as f:
+                f.write(text)
+            program_line += f"; program written to {args.save_hlo}"
     peak = flops.peak_flops(device_kind, config.model.compute_dtype)
     if peak is None or bandwidth is None:
         raise SystemExit(f"no data-sheet peak or bandwidth for {device_kind!r} (sedd_jax.flops.PEAK_TFLOPS, "
                          "sedd_jax.compile.GPU_TARGETS)")
-    mesh = parallel.create_mesh(config, devices)
-    graph, _, model, optimizer, loss_fn = train_step.training_components(config)
-    _, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, mesh, jax.random.key(0))
-    step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
     print(f"device: {device_kind}, peak {peak / 1e12:.0f} TFLOP/s ({config.model.compute_dtype}), "
-          f"{bandwidth / 1e12:.2f} TB/s; {common.compiled_memory_line(step)}")
+          f"{bandwidth / 1e12:.2f} TB/s; {program_line}")
 
-    found = kernels(step.as_text(), args.chunk_runs)
+    found = kernels(text, args.chunk_runs)
     print(f"\n{'kernel kind':44s} {'runs':>6s} {'GiB':>8s} {'TFLOP':>7s} {'ms':>8s}")
     for name, runs, gib, tflop, ms in summary(found, peak, bandwidth, lambda k: k.kind):
         print(f"{name:44s} {runs:6d} {gib:8.2f} {tflop:7.2f} {ms:8.2f}")

@@ -2,6 +2,7 @@
 GPU's): products and their trip counts, slices of stacked buffers, the roofline sum."""
 
 import os
+import re
 import sys
 
 import jax
@@ -59,3 +60,24 @@ def test_roofline_time_is_the_slower_of_compute_and_memory():
     assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9) == pytest.approx(3 * 4e-3)  # memory-bound
     assert roofline.roofline_seconds(kernel, peak=1e11, bandwidth=1e12) == pytest.approx(3 * 1e-2)  # compute-bound
     assert roofline.array_bytes("(bf16[2,3]{1,0}, f32[4]{0}, s32[])") == 2 * 6 + 4 * 4 + 4
+
+
+def test_a_saved_program_is_read_without_compiling(tmp_path, monkeypatch, capsys):
+    big = jax.ShapeDtypeStruct((4096, 4096), jnp.float32)  # 0.69 ms of products at the H200's peak: printed
+    text = _compiled_text(lambda x, w: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ w), x), big, big)
+    saved = tmp_path / "step.hlo"
+    saved.write_text(text)
+    flags = ["--size=tiny", "--compute_dtype=bfloat16", "--topology=h200"]
+    monkeypatch.setattr(sys, "argv", ["roofline.py", *flags, f"--hlo={saved}"])
+    roofline.main()
+    printed = capsys.readouterr().out
+    assert f"program read from {saved}" in printed
+    expected = sum(roofline.roofline_seconds(k, 989e12, 4.8e12) for k in roofline.kernels(text, 9))
+    assert expected > 5e-4
+    printed_ms = float(re.search(r"at the roofline: ([\d.]+) ms", printed).group(1))
+    assert printed_ms == pytest.approx(expected * 1e3, abs=0.006)
+
+    saved.write_text("not a program")
+    with pytest.raises(SystemExit):
+        roofline.main()
+    assert "holds no HLO program" in capsys.readouterr().err
