@@ -1,6 +1,8 @@
-"""What a training run reports: the console, metrics.jsonl, TensorBoard (clu), sample texts, memory estimates.
+"""What a training run reports: the console, metrics.jsonl, TensorBoard (clu), sample texts, memory estimates,
+profiles of train steps.
 
-Everything here writes on process 0 only, so every process of a multi-host run can call it.
+Everything here writes on process 0 only (but a profile, which each process writes for its own devices), so every
+process of a multi-host run can call it.
 metrics.jsonl holds one strict-JSON object per logged step: step, train_loss (nats per token), grad_norm,
 learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, and at eval steps eval_loss,
 eval_loss_ci95 and eval_ppl_bound; non-finite values are null and named in "nonfinite".
@@ -167,6 +169,44 @@ class TrainProgress(periodic_actions.PeriodicAction):
             f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
             + (f" | skipped {skipped} of {len(fetched)} updates (non-finite or too large)" if skipped else ""))
         self.scalars = scalars
+
+
+class StepProfile:
+    """A `jax.profiler` trace of train steps `first + 1 .. first + count` (none if count is 0) into
+    `workdir/plugins/profile/<time>/`, where TensorBoard's Profile tab finds it (`tensorboard --logdir=workdir` with
+    the tensorboard-plugin-profile package). Each step is a `StepTraceAnnotation`, so the profile splits time by
+    step. Every process traces its own devices (one file per host); only process 0 logs.
+
+    Wrap each train step's call in `step(number)` and pass its outputs to `after(number, outputs)`: the trace stops
+    once the last traced step's outputs exist. `stop()` ends a trace still running (a run that stopped early)."""
+
+    def __init__(self, workdir: str, first: int, count: int):
+        self.workdir, self.first, self.last = workdir, first, first + count
+        self.running = False
+
+    @contextlib.contextmanager
+    def step(self, number: int) -> Iterator[None]:
+        if number == self.first + 1 and self.last > self.first:
+            jax.profiler.start_trace(self.workdir)
+            self.running = True
+            log(f"profiling train steps {number}-{self.last} into {self.workdir}/plugins/profile/")
+        if not self.running:
+            yield
+            return
+        with jax.profiler.StepTraceAnnotation("train", step_num=number):
+            yield
+
+    def after(self, number: int, outputs) -> None:
+        if self.running and number >= self.last:
+            jax.block_until_ready(outputs)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.running:
+            jax.profiler.stop_trace()
+            self.running = False
+            log(f"profile written to {self.workdir}/plugins/profile/: `tensorboard --logdir={self.workdir}` "
+                "shows it in its Profile tab (pip install tensorboard-plugin-profile)")
 
 
 def write_samples(workdir: str, step: int, tokens: np.ndarray, tokenizer, metrics_log: MetricsLog | None = None):

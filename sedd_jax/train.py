@@ -6,7 +6,7 @@ The steps are pure (sedd_jax.train_step), and so are the optimizer, EMA and skip
 
 Workdir outputs: checkpoints/ and config.json (see sedd_jax.checkpoints), metrics.jsonl, TensorBoard events
 (scalars, and the snapshot samples as text) and train.log (the console lines, time-stamped; see
-sedd_jax.progress), samples/iter_<step>.txt.
+sedd_jax.progress), samples/iter_<step>.txt, and with training.profile_steps a profile in plugins/profile/.
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ def run(trainer: Trainer) -> dict:
     metrics_log = progress.MetricsLog(trainer.workdir, resumed_at=step)
     report = progress.TrainProgress(every_steps=int(t.log_freq), num_steps=n_iters, start_step=step,
                                     tokens_per_step=int(t.batch_size) * int(trainer.config.model.length))
+    profile = progress.StepProfile(trainer.workdir, first=step + int(t.get("profile_skip", 10)),
+                                   count=int(t.get("profile_steps", 0)))
     config_recorded, last = False, {}
     # On CPUs each train step reuses the memory the previous one freed (host_memory); the evals, checkpoints and
     # samples between them run other programs, so they start by handing it back, as the end of the run does.
@@ -150,8 +152,10 @@ def run(trainer: Trainer) -> dict:
             while step < n_iters:
                 batch = parallel.global_batch(next(trainer.data.train_iter), trainer.mesh)
                 reuse_step_memory(True)
-                state, metrics = trainer.train_step(state, batch, trainer.keys["train"])
+                with profile.step(step + 1):
+                    state, metrics = trainer.train_step(state, batch, trainer.keys["train"])
                 step += 1
+                profile.after(step, metrics)
                 scalars = dict(report(step, metrics))
                 if step % t.eval_freq == 0 or step == n_iters:
                     reuse_step_memory(False)
@@ -183,6 +187,7 @@ def run(trainer: Trainer) -> dict:
             progress.log(f"finished step {step}: checkpoints in {manager.directory}, metrics in "
                          f"{trainer.workdir}/metrics.jsonl (and TensorBoard events), samples in {trainer.workdir}/samples")
     finally:
+        profile.stop()
         reuse_step_memory(False)
         manager.close()
         metrics_log.close()

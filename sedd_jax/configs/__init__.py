@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
                                              # masked positions only (the loss is 0 elsewhere; losses.MaskedPositionsLoss),
                                              # in the train and the eval step
     c.training.position_chunks = 16       # ... in chunks of 1/16 of each data shard's positions, as many as needed
+    c.training.profile_steps = 0          # > 0: a jax.profiler trace of this many train steps into workdir/plugins/
+                                          # profile/ (TensorBoard's Profile tab; every host writes its own) ...
+    c.training.profile_skip = 10          # ... after this many steps of the run (compiling, warming up)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512               # global eval batch: the held-out blocks every eval scores (fixed)
@@ -152,6 +155,10 @@ def validate(config, device_count: int | None = None, process_count: int | None 
     if int(t.get("max_skipped_updates", 20)) < 1 or not float(t.get("max_update_ratio", 1.0)) > 0:
         raise ValueError("training.max_skipped_updates must be >= 1 and training.max_update_ratio > 0, got "
                          f"{t.get('max_skipped_updates')} and {t.get('max_update_ratio')}")
+    for name in ("profile_steps", "profile_skip"):
+        value = t.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"training.{name} must be a whole number >= 0, got {t.get(name)!r}")
     if t.get("xla_cpu_emitters", "auto") not in XLA_CPU_EMITTERS:
         raise ValueError(f"training.xla_cpu_emitters={t.xla_cpu_emitters!r}; choose one of {XLA_CPU_EMITTERS}")
     if int(config.eval.mc_samples) < 1 or config.eval.t_grid not in likelihood.T_GRIDS:
