@@ -4,7 +4,8 @@ profiles of train steps.
 Everything here writes on process 0 only (but a profile, which each process writes for its own devices), so every
 process of a multi-host run can call it.
 metrics.jsonl holds one strict-JSON object per logged step: step, train_loss (nats per token), grad_norm,
-learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, and at eval steps eval_loss,
+learning_rate, skipped_updates (run total), steps_per_sec, tokens_per_sec, on GPUs and TPUs mfu (model-FLOPs
+utilisation, `TrainProgress`), and at eval steps eval_loss,
 eval_loss_ci95 and eval_ppl_bound; non-finite values are null and named in "nonfinite".
 """
 
@@ -139,13 +140,19 @@ class TrainProgress(periodic_actions.PeriodicAction):
     """clu periodic action for the train metrics: call it after every step with that step's metrics (device
     arrays, not fetched); every `every_steps` steps and at `num_steps` it fetches the window at once, prints
     the progress line (loss, speed, ETA, skipped updates) and keeps the window's scalars in `scalars`
-    (means; counters as of the last step), which it returns; {} between log steps."""
+    (means; counters as of the last step), which it returns; {} between log steps.
+
+    With flops_per_step (the model's train FLOPs per step, `sedd_jax.flops`) and peak_flops (the peak FLOP/s of all
+    the chips together; None where unknown, as on CPUs) it also reports mfu: flops_per_step x steps/s / peak_flops,
+    at the window's steps/s (which counts the time of evals and checkpoints within it)."""
 
     COUNTERS = ("skipped_updates", "consecutive_skipped")
 
-    def __init__(self, *, every_steps: int, num_steps: int, tokens_per_step: int, start_step: int):
+    def __init__(self, *, every_steps: int, num_steps: int, tokens_per_step: int, start_step: int,
+                 flops_per_step: float | None = None, peak_flops: float | None = None):
         super().__init__(every_steps=every_steps, on_steps=[num_steps])
         self.num_steps, self.tokens_per_step = num_steps, tokens_per_step
+        self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
         self._pending: list[dict] = []
         self._init_and_check(start_step, time.monotonic())    # the first window starts at the resumed step
         self.scalars: dict = {}
@@ -163,10 +170,13 @@ class TrainProgress(periodic_actions.PeriodicAction):
         scalars.update({k: int(fetched[-1][k]) for k in self.COUNTERS})
         steps_per_sec = (step - self._previous_step) / max(t - self._previous_time, 1e-9)
         scalars.update(steps_per_sec=steps_per_sec, tokens_per_sec=steps_per_sec * self.tokens_per_step)
+        if self.flops_per_step and self.peak_flops:
+            scalars["mfu"] = steps_per_sec * self.flops_per_step / self.peak_flops
         eta = (self.num_steps - step) / max(steps_per_sec, 1e-9)
         log(f"step {step}/{self.num_steps} | train_loss {scalars['train_loss']:.4f} nats/token | "
             f"{steps_per_sec:.2f} steps/s | {scalars['tokens_per_sec']:,.0f} tokens/s | "
-            f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+            + (f"MFU {100 * scalars['mfu']:.1f}% | " if "mfu" in scalars else "")
+            + f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
             + (f" | skipped {skipped} of {len(fetched)} updates (non-finite or too large)" if skipped else ""))
         self.scalars = scalars
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sedd_jax import checkpoints, configs, host_memory, likelihood, models, parallel, progress
+from sedd_jax import checkpoints, configs, flops, graphs, host_memory, likelihood, models, parallel, progress
 from sedd_jax.train_state import TrainState, train_state_layout
 from sedd_jax.train_step import compile_eval_step, compile_train_step, training_components
 
@@ -138,8 +138,14 @@ def run(trainer: Trainer) -> dict:
     t, manager = trainer.config.training, trainer.manager
     n_iters, step, state = int(t.n_iters), int(trainer.state.step), trainer.state
     metrics_log = progress.MetricsLog(trainer.workdir, resumed_at=step)
-    report = progress.TrainProgress(every_steps=int(t.log_freq), num_steps=n_iters, start_step=step,
-                                    tokens_per_step=int(t.batch_size) * int(trainer.config.model.length))
+    config, devices = trainer.config, trainer.mesh.devices
+    tokens_per_step = int(t.batch_size) * int(config.model.length)
+    vocab_size = graphs.get_graph(config.graph.type, config.tokens).dim
+    peak = flops.peak_flops(devices.flat[0].device_kind, config.model.compute_dtype)   # None on CPUs: no MFU
+    report = progress.TrainProgress(
+        every_steps=int(t.log_freq), num_steps=n_iters, start_step=step, tokens_per_step=tokens_per_step,
+        flops_per_step=flops.train_flops_per_token(config, vocab_size) * tokens_per_step,
+        peak_flops=None if peak is None else peak * devices.size)
     profile = progress.StepProfile(trainer.workdir, first=step + int(t.get("profile_skip", 10)),
                                    count=int(t.get("profile_steps", 0)))
     config_recorded, last = False, {}

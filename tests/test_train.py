@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from sedd_jax import checkpoints, configs, parallel, pretrained, progress, train
+from sedd_jax import checkpoints, configs, flops, parallel, pretrained, progress, train
 from tests.tmpfs_testing import resize, tmpfs
 from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
 
@@ -142,6 +142,21 @@ def test_profile_traces_the_steps_asked_for(run20, tmp_path):
     assert max(train_losses(workdir)) == 27
     with pytest.raises(ValueError, match=r"training.profile_steps must be a whole number >= 0, got -1"):
         configs.validate(config(base, training__profile_steps=-1), device_count=1, process_count=1)
+
+
+def test_mfu_is_reported_where_the_chips_peak_is_known(run20, tmp_path, monkeypatch):
+    base, workdir = _copy_run(run20, tmp_path)
+    assert not [m for m in read_metrics(workdir) if "mfu" in m]  # CPUs: no peak, no MFU
+    peak_per_chip = 1e9
+    monkeypatch.setattr(flops, "peak_flops", lambda kind, dtype: peak_per_chip if kind == "cpu" else None)
+    c = config(base, training__n_iters=24)
+    train.train_and_evaluate(c, str(workdir))
+    logged = [m for m in read_metrics(workdir) if m["step"] > 20 and "train_loss" in m]
+    assert [m["step"] for m in logged] == [21, 22, 23, 24]
+    flops_per_step = flops.train_flops_per_token(c, c.tokens + 1) * c.training.batch_size * c.model.length
+    for m in logged:
+        assert m["mfu"] == pytest.approx(m["steps_per_sec"] * flops_per_step / (peak_per_chip * jax.device_count()))
+    assert f"MFU {100 * logged[-1]['mfu']:.1f}% |" in (workdir / progress.LOG_FILE).read_text()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
