@@ -45,6 +45,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masked_positions_only", type=int, default=None, choices=(0, 1),
                         help="absorb, training: the last layers and the loss at masked positions only; default: "
                              "the config's (1)")
+    parser.add_argument("--position_chunks", type=int, default=None,
+                        help="... in chunks of 1/N of each data shard's positions; default: the config's (16)")
 
 
 def config_from_flags(args):
@@ -68,6 +70,8 @@ def config_from_flags(args):
         c.model.time_conditioning = bool(args.time_conditioning)
     if args.masked_positions_only is not None:
         c.training.masked_positions_only = bool(args.masked_positions_only)
+    if args.position_chunks is not None:
+        c.training.position_chunks = args.position_chunks
     c.training.batch_size = args.batch_size
     c.eval.batch_size = args.batch_size
     configs.validate(c)
