@@ -3,7 +3,8 @@
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
 # fused attention (and splash on TPUs); training with the config's rematerialisation policy and without any, and
 # once for the whole network (no masked-positions skip: the MFU of the hardware); the likelihood bound's draws; on
-# GPUs, the roofline estimate of the train step (bench/roofline.py).
+# GPUs, the train step again with XLA's pass that skips zero-filling the scan's outputs, and the roofline estimate of
+# the train step (bench/roofline.py), whose autotuned program it keeps.
 # Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and ml-collections:
 # nothing of the data stack.
 #
@@ -37,10 +38,11 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16}
+backend=$(python3 -c 'import jax; print(jax.default_backend())')
 attentions=${ATTENTIONS:-}
 if [ -z "$attentions" ]; then  # splash attention runs only on TPUs (elsewhere it is plain attention)
     attentions="plain fused"
-    [ "$(python3 -c 'import jax; print(jax.default_backend())')" = tpu ] && attentions="$attentions splash"
+    [ "$backend" = tpu ] && attentions="$attentions splash"
 fi
 for attention in $attentions; do
     for remat in ${REMATS:-config none}; do  # "config": the config's policy (recomputes in the backward); none
@@ -56,6 +58,16 @@ for attention in $attentions; do
         --batch_size="${SAMPLE_BATCH:-16}" --attention="$attention" --steps="${SAMPLE_STEPS:-128}" \
         --predictors=analytic --repeats=2 2>&1 | tee -a "$log"
 done
+# On GPUs, the same step with XLA's pass that allocates a loop's fully overwritten buffers instead of zero-filling
+# them (off by default in XLA; JAX's scan zero-fills its stacked outputs, 2.6% of the step at the roofline: bench/
+# README.md): its speed, and its first step's loss and gradient norm against the first run's (they should agree).
+if [ "$backend" = gpu ]; then
+    echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=config," \
+        "--xla_gpu_enable_dus_accumulator_zero_init_elimination" | tee -a "$log"
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_dus_accumulator_zero_init_elimination=true" \
+        python3 bench/train_step.py --size="$size" --compute_dtype="$dtype" --length="$length" \
+        --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" 2>&1 | tee -a "$log"
+fi
 # The runs above compute the last layers at masked positions only (the trainer's default for the absorbing graph),
 # so their MFU counts FLOPs they skipped; the whole network once more, for the hardware's utilisation:
 echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=config, whole network" \
@@ -73,7 +85,7 @@ echo "figures written to $log"
 # On GPUs: the roofline estimate of the same train step as compiled here (autotuned), to set against its measured
 # time above (bench/README.md, "Where an H200 step's time would go"). The autotuned program and XLA's autotuning
 # results are kept in RESULTS_DIR, for reading without a GPU (`bench/roofline.py --hlo=RESULTS_DIR/train_step.hlo`).
-if [ "$(python3 -c 'import jax; print(jax.default_backend())')" = gpu ]; then
+if [ "$backend" = gpu ]; then
     echo "=== roofline: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=config" | tee -a "$log"
     XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_dump_autotune_results_to=$results/autotune_results.textproto" \
         python3 bench/roofline.py --size="$size" --compute_dtype="$dtype" --length="$length" \

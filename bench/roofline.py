@@ -34,6 +34,7 @@ BYTES_PER_ELEMENT = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2,
 _INSTRUCTION = re.compile(r"^\s+(ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*?)\)(, .*)?$", re.M)
 _ARRAY = re.compile(r"([a-z]+\d*)\[([0-9,]*)\]")
 _FREE = {"get-tuple-element", "bitcast", "tuple", "constant", "parameter", "after-all", "partition-id", "replica-id"}
+_FREE_CUSTOM_CALLS = {"AllocateBuffer"}  # a buffer allocated, not written
 
 
 @dataclasses.dataclass
@@ -214,6 +215,8 @@ def kernels(text: str, unknown_trip_count: int) -> list[Kernel]:
                 moved = sum(array_bytes(shapes.get(o, "")) for o in ins.operands) + array_bytes(ins.shape)
                 if ins.opcode == "custom-call":
                     kind = re.search(r'custom_call_target="([^"]+)"', ins.attributes).group(1)
+                    if kind in _FREE_CUSTOM_CALLS:
+                        continue
                     if "fmha" in kind:
                         flops = attention_flops(kind, ins.shape.lstrip("("))
                     elif "gemm" in kind or "matmul" in kind:

@@ -55,6 +55,19 @@ def test_a_scatter_in_place_counts_the_rows_it_updates():
     assert scatter.bytes >= 2 * rows.size * 4  # the rows added to, read and written (the updates' reads besides)
 
 
+def test_an_allocated_buffer_costs_nothing():
+    text = """HloModule m, entry_computation_layout={()->(f32[1024,1024]{1,0}, f32[1024,1024]{1,0})}
+
+ENTRY %main () -> (f32[1024,1024], f32[1024,1024]) {
+  %custom-call.1 = f32[1024,1024]{1,0} custom-call(), custom_call_target="AllocateBuffer"
+  %custom-call.2 = f32[1024,1024]{1,0} custom-call(), custom_call_target="SomeKernel"
+  ROOT %tuple.3 = (f32[1024,1024]{1,0}, f32[1024,1024]{1,0}) tuple(%custom-call.1, %custom-call.2)
+}
+"""
+    (kernel,) = roofline.kernels(text, unknown_trip_count=1)  # XLA's uninitialised buffer (JAX's lax.empty on GPUs)
+    assert kernel.kind == "SomeKernel" and kernel.bytes == 1024 * 1024 * 4
+
+
 def test_roofline_time_is_the_slower_of_compute_and_memory():
     kernel = roofline.Kernel("gemm", "%k", "f32[8]", "", count=3, bytes=4e6, flops=1e9, op_name="")
     assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9) == pytest.approx(3 * 4e-3)  # memory-bound
