@@ -46,7 +46,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="absorb, training: the last layers and the loss at masked positions only; default: "
                              "the config's (1)")
     parser.add_argument("--position_chunks", type=int, default=None,
-                        help="... in chunks of 1/N of each data shard's positions; default: the config's (16)")
+                        help="... in chunks of 1/N of each data shard's positions (training and the likelihood "
+                             "bound); default: the config's (16)")
 
 
 def config_from_flags(args):

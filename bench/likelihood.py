@@ -27,7 +27,6 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_model_flags(p)
     p.add_argument("--mc_samples", type=int, default=8, help="draws per row in one call")
-    p.add_argument("--position_chunks", type=int, default=None, help="default: the config's (16)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     for name in ("mc_samples", "position_chunks", "repeats"):
@@ -46,9 +45,8 @@ def main():
 
     paths = {"whole network": dict(log_score_fn=lambda p, x, s: model.apply({"params": p}, x, s))}
     if graph.absorb:
-        chunks = config.training.position_chunks if args.position_chunks is None else args.position_chunks
         paths["masked positions only"] = dict(log_score_fn=None, trunk_and_head=models.trunk_and_head(model),
-                                              position_chunks=chunks)
+                                              position_chunks=config.training.position_chunks)
     compiled, draws, seconds = {}, {}, {}
     for name, path in paths.items():
         draw = likelihood.draw_losses(graph=graph, noise=noise, mc_samples=args.mc_samples, **path)
