@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from typing import Iterator, TextIO
 
@@ -185,21 +186,26 @@ class StepProfile:
     """A `jax.profiler` trace of train steps `first + 1 .. first + count` (none if count is 0) into
     `workdir/plugins/profile/<time>/`, where TensorBoard's Profile tab finds it (`tensorboard --logdir=workdir` with
     the tensorboard-plugin-profile package). Each step is a `StepTraceAnnotation`, so the profile splits time by
-    step. Every process traces its own devices (one file per host); only process 0 logs.
+    step. Every process traces its own devices; in a run of several processes each writes under
+    `workdir/profiles/process_<i>/` (a run of its own in TensorBoard: processes on one host would otherwise write
+    the same file). Only process 0 logs.
 
     Wrap each train step's call in `step(number)` and pass its outputs to `after(number, outputs)`: the trace stops
     once the last traced step's outputs exist. `stop()` ends a trace still running (a run that stopped early)."""
 
     def __init__(self, workdir: str, first: int, count: int):
+        self.logdir = (workdir if jax.process_count() == 1
+                       else os.path.join(workdir, "profiles", f"process_{jax.process_index()}"))
         self.workdir, self.first, self.last = workdir, first, first + count
         self.running = False
 
     @contextlib.contextmanager
     def step(self, number: int) -> Iterator[None]:
         if number == self.first + 1 and self.last > self.first:
-            jax.profiler.start_trace(self.workdir)
+            jax.profiler.start_trace(self.logdir)
             self.running = True
-            log(f"profiling train steps {number}-{self.last} into {self.workdir}/plugins/profile/")
+            log(f"profiling train steps {number}-{self.last} into {self.logdir}/plugins/profile/"
+                + (" (each process into its own profiles/process_<i>)" if self.logdir != self.workdir else ""))
         if not self.running:
             yield
             return
@@ -215,7 +221,7 @@ class StepProfile:
         if self.running:
             jax.profiler.stop_trace()
             self.running = False
-            log(f"profile written to {self.workdir}/plugins/profile/: `tensorboard --logdir={self.workdir}` "
+            log(f"profile written to {self.logdir}/plugins/profile/: `tensorboard --logdir={self.workdir}` "
                 "shows it in its Profile tab (pip install tensorboard-plugin-profile)")
 
 

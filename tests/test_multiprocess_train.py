@@ -1,6 +1,8 @@
 """Real multi-process training: two local processes (jax.distributed on 127.0.0.1, 4 fake CPU devices each)
 against one process with 8, resume of their checkpoint by a single process, and a killed peer."""
 
+import gzip
+import json
 import os
 import socket
 import subprocess
@@ -41,7 +43,7 @@ def test_two_processes_train_like_one_and_share_one_checkpoint(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = _run_one(tmp_path, one, 8, training__n_iters=6, **MESH)
     assert single.returncode == 0, single.stderr
-    procs = _start_two(tmp_path, two, training__n_iters=4)
+    procs = _start_two(tmp_path, two, training__n_iters=4, training__profile_skip=1, training__profile_steps=2)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     # Only process 0 prints progress and writes metrics (one line per step, not two).
@@ -55,6 +57,13 @@ def test_two_processes_train_like_one_and_share_one_checkpoint(tmp_path):
     assert "4" in steps and all(s.isdigit() for s in steps), steps
     saved = {f for f in os.listdir(two / "checkpoints" / "4" / "data") if f.endswith(".json")}
     assert saved == {"process_0-of-2.json", "process_1-of-2.json"}
+    # Each process traced steps 2-3 of its own devices into a directory of its own.
+    for i in range(2):
+        traces = list((two / "profiles" / f"process_{i}" / "plugins" / "profile").glob("*/*.trace.json.gz"))
+        assert len(traces) == 1, i
+        events = json.load(gzip.open(traces[0]))["traceEvents"]
+        assert sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train") == [2, 3], i
+    assert not (two / "plugins").exists()
     # A single process (one device) restores the two-process checkpoint and continues the same run.
     resumed = _run_one(tmp_path, two, 1, training__n_iters=6)
     assert resumed.returncode == 0, resumed.stderr

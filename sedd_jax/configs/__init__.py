@@ -88,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
                                              # in the train and the eval step
     c.training.position_chunks = 16       # ... in chunks of 1/16 of each data shard's positions, as many as needed
     c.training.profile_steps = 0          # > 0: a jax.profiler trace of this many train steps into workdir/plugins/
-                                          # profile/ (TensorBoard's Profile tab; every host writes its own) ...
+                                          # profile/ (TensorBoard's Profile tab; with several processes, each into
+                                          # workdir/profiles/process_<i>/) ...
     c.training.profile_skip = 10          # ... after this many steps of the run (compiling, warming up)
 
     c.eval = ml_collections.ConfigDict()
