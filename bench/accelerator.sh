@@ -3,8 +3,8 @@
 # tokens/s, sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the plain and the
 # fused attention (and splash on TPUs); training with the config's rematerialisation policy and without any, and
 # once for the whole network (no masked-positions skip: the MFU of the hardware); the likelihood bound's draws; on
-# GPUs, the train step again with XLA's pass that skips zero-filling the scan's outputs, and the roofline estimate of
-# the train step (bench/roofline.py), whose autotuned program it keeps.
+# GPUs, a profile of 3 steps of the default program, the train step again with XLA's pass that skips zero-filling the
+# scan's outputs, and the roofline estimate of the train step (bench/roofline.py), whose autotuned program it keeps.
 # Needs only jax (with its CUDA or TPU plugin), flax, optax, chex, orbax-checkpoint, etils and ml-collections:
 # nothing of the data stack.
 #
@@ -46,11 +46,14 @@ if [ -z "$attentions" ]; then  # splash attention runs only on TPUs (elsewhere i
 fi
 for attention in $attentions; do
     for remat in ${REMATS:-config none}; do  # "config": the config's policy (recomputes in the backward); none
-        remat_flag=()
-        [ "$remat" != config ] && remat_flag=(--remat="$remat")
+        train_flags=()
+        [ "$remat" != config ] && train_flags=(--remat="$remat")
+        # the default program, as the trainer runs it: on GPUs also a profile of 3 steps (every kernel's measured time)
+        [ "$backend" = gpu ] && [ "$attention" = fused ] && [ "$remat" = config ] \
+            && train_flags+=(--profile_dir="$results/profile")
         echo "=== train: $size $dtype L=$length batch ${BATCH:-32} attention=$attention remat=$remat" | tee -a "$log"
         python3 bench/train_step.py --size="$size" --compute_dtype="$dtype" --length="$length" \
-            --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" "${remat_flag[@]}" \
+            --batch_size="${BATCH:-32}" --attention="$attention" --steps="${TRAIN_STEPS:-10}" "${train_flags[@]}" \
             2>&1 | tee -a "$log"
     done
     echo "=== sample: $size $dtype L=$length batch ${SAMPLE_BATCH:-16} attention=$attention" | tee -a "$log"

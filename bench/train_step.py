@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8]
         [--compute_dtype=float32|bfloat16] [--attention=plain|fused] [--scan_blocks=0|1] [--remat=...]
-        [--masked_positions_only=0|1] [--steps=20] [--compilation_cache=DIR]
+        [--masked_positions_only=0|1] [--steps=20] [--compilation_cache=DIR] [--profile_dir=DIR]
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
@@ -11,7 +11,8 @@ FLOPs of `sedd_jax.flops` (bidirectional attention, forward + backward, recomput
 chip's data-sheet peak; those are the whole network's, so with the absorbing graph's default
 (`training.masked_positions_only`, the last layers at masked positions only) the step does fewer and MFU
 counts work it skipped: `--masked_positions_only=0` measures the hardware's use. Figures are printed, never
-asserted.
+asserted. `--profile_dir=DIR` then traces 3 more steps with `jax.profiler` into DIR/plugins/profile/ (TensorBoard's
+Profile tab; on a GPU the measured time of every kernel, to set against bench/roofline.py's estimate).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--compilation_cache", default="",
                    help="persistent compilation cache directory, as sedd-train's flag (default: off; a second run "
                         "with the same directory loads the step instead of compiling it)")
+    p.add_argument("--profile_dir", default="", help="trace 3 more steps (untimed) into this directory")
     args = p.parse_args()
     host_memory.run_cpu_programs_inline()  # as sedd-train: a CPU step reuses the memory of the previous one
     compilation_cache.enable(args.compilation_cache)
@@ -84,6 +86,13 @@ def main():
     utilisation = flops.mfu(achieved, jax.devices()[0].device_kind, config.model.compute_dtype)
     print(f"analytic train FLOPs {per_token / 1e6:.1f} MFLOP/token -> {achieved / 1e12:.2f} TFLOP/s per chip"
           + (f" | MFU {100 * utilisation:.1f}%" if utilisation is not None else " | MFU: peak unknown for this chip"))
+    if args.profile_dir:
+        with jax.profiler.trace(args.profile_dir):
+            for number in range(1, 4):
+                with jax.profiler.StepTraceAnnotation("train", step_num=number):
+                    metrics = one_step()
+            jax.block_until_ready(metrics)
+        print(f"profile of 3 steps written to {args.profile_dir}/plugins/profile/")
 
 
 if __name__ == "__main__":
