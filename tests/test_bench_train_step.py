@@ -1,14 +1,12 @@
 """bench/train_step.py as a GPU run would use it: the first step's figures (to compare two programs) and a profile
 of 3 more steps."""
 
-import gzip
-import json
 import os
 import re
 import subprocess
 import sys
 
-from tests.train_testing import REPO
+from tests.train_testing import REPO, profiled_steps
 
 
 def test_prints_the_first_step_and_profiles_three_more(tmp_path):
@@ -20,8 +18,6 @@ def test_prints_the_first_step_and_profiles_three_more(tmp_path):
     first = [re.search(r"first step: loss ([\d.]+) nats/token, gradient norm ([\d.]+)", run.stdout) for run in runs]
     assert all(first) and first[0].groups() == first[1].groups()  # the same state, batch and key every run
     assert float(first[0].group(1)) > 0 and float(first[0].group(2)) > 0
-    traces = sorted((tmp_path / "plugins" / "profile").glob("*/*.trace.json.gz"))
-    assert traces and all(list(t.parent.glob("*.xplane.pb")) for t in traces)
-    events = json.load(gzip.open(traces[-1]))["traceEvents"]
-    assert sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train") == [1, 2, 3]
+    traced = profiled_steps(tmp_path)
+    assert traced and traced[-1] == [1, 2, 3]
     assert f"profile of 3 steps written to {tmp_path}/plugins/profile/" in runs[0].stdout

@@ -1,6 +1,5 @@
 """The trainer: learning, exact resume, preemption, sharding over fake devices, bad input."""
 
-import gzip
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import pytest
 
 from sedd_jax import checkpoints, configs, flops, parallel, pretrained, progress, train
 from tests.tmpfs_testing import resize, tmpfs
-from tests.train_testing import REPO, config, main_command, read_metrics, train_losses
+from tests.train_testing import REPO, config, main_command, profiled_steps, read_metrics, train_losses
 
 
 def _env(devices: int = 1) -> dict:
@@ -121,24 +120,16 @@ def test_exact_resume(run20, tmp_path):
     assert a[1] != a[2]  # the losses do change from step to step
 
 
-def _profiled_steps(workdir) -> list[list[int]]:
-    """The train steps each profile in workdir/plugins/profile/ traced, oldest profile first."""
-    traces = sorted((workdir / "plugins" / "profile").glob("*/*.trace.json.gz"))
-    assert all(list(t.parent.glob("*.xplane.pb")) for t in traces)  # TensorBoard's Profile tab reads these
-    events = [json.load(gzip.open(t))["traceEvents"] for t in traces]
-    return [sorted(int(e["args"]["step_num"]) for e in trace if e.get("name") == "train") for trace in events]
-
-
 def test_profile_traces_the_steps_asked_for(run20, tmp_path):
     base, workdir = _copy_run(run20, tmp_path)
     train.train_and_evaluate(config(base, training__n_iters=25, training__profile_skip=1,
                                     training__profile_steps=2), str(workdir))
-    assert _profiled_steps(workdir) == [[22, 23]]
+    assert profiled_steps(workdir) == [[22, 23]]
     assert f"profiling train steps 22-23 into {workdir}/plugins/profile/" in (workdir / progress.LOG_FILE).read_text()
     # A run that ends inside the window still writes what it traced.
     train.train_and_evaluate(config(base, training__n_iters=27, training__profile_skip=1,
                                     training__profile_steps=5), str(workdir))
-    assert _profiled_steps(workdir) == [[22, 23], [27]]
+    assert profiled_steps(workdir) == [[22, 23], [27]]
     assert max(train_losses(workdir)) == 27
     with pytest.raises(ValueError, match=r"training.profile_steps must be a whole number >= 0, got -1"):
         configs.validate(config(base, training__profile_steps=-1), device_count=1, process_count=1)

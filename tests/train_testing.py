@@ -1,5 +1,6 @@
 """Small training configs for the trainer tests: a char-level corpus written by the test, a 1-block model."""
 
+import gzip
 import json
 import os
 
@@ -50,3 +51,12 @@ def read_metrics(workdir) -> list[dict]:
 
 def train_losses(workdir) -> dict[int, float]:
     return {m["step"]: m["train_loss"] for m in read_metrics(workdir) if "train_loss" in m}
+
+
+def profiled_steps(logdir) -> list[list[int]]:
+    """The train steps each `jax.profiler` trace in logdir/plugins/profile/ holds (its "train" step annotations),
+    oldest trace first; each trace has the .xplane.pb that TensorBoard's Profile tab reads beside it."""
+    traces = sorted((logdir / "plugins" / "profile").glob("*/*.trace.json.gz"))
+    assert all(list(t.parent.glob("*.xplane.pb")) for t in traces)
+    events = [json.load(gzip.open(t))["traceEvents"] for t in traces]
+    return [sorted(int(e["args"]["step_num"]) for e in trace if e.get("name") == "train") for trace in events]
