@@ -15,9 +15,10 @@ so the model-FLOPs utilisation it implies bounds MFU from above. Loops without a
 loss's chunk loop, which runs as many of its chunks as the most-masked data shard needs: about 9 of 16 with
 half the positions masked) count `--chunk_runs` iterations. Figures are printed, never asserted.
 
-`--save_hlo=FILE` writes the compiled program's text; `--hlo=FILE` reads such a file instead of compiling (no CUDA
-plugin needed), with the chip named by `--topology` and the model flags the program was compiled with (for its
-model FLOPs). So the autotuned program of a GPU (`bench/accelerator.sh` saves it) can be read again anywhere.
+`--save_hlo=FILE` writes the compiled program's text (as does `bench/train_step.py --save_hlo`); `--hlo=FILE` reads
+such a file instead of compiling (no CUDA plugin needed), with the chip named by `--topology` (`local`: this
+machine's GPU) and the model flags the program was compiled with (for its model FLOPs). So the autotuned program of
+a GPU (`bench/accelerator.sh` saves it) can be read again anywhere.
 """
 
 from __future__ import annotations
@@ -267,9 +268,8 @@ def main():
     p.add_argument("--hlo", default=None,
                    help="read a program written by --save_hlo instead of compiling (--topology names its chip)")
     args = p.parse_args()
-    if args.hlo and (args.save_hlo or args.topology == "local"):
-        p.error("--hlo reads a saved program: it takes neither --save_hlo nor --topology=local (name the chip the "
-                "program was compiled for, e.g. --topology=h200)")
+    if args.hlo and args.save_hlo:
+        p.error("--hlo reads a saved program: it takes no --save_hlo")
 
     import jax
 
@@ -278,11 +278,14 @@ def main():
     config = common.config_from_flags(args)
     print(common.describe(config))
     graph, _, model, optimizer, loss_fn = train_step.training_components(config)
+    if args.topology == "local":  # this machine's first device, its data sheet found by its name
+        device_kind = jax.devices()[0].device_kind
+        bandwidth = next((t.bandwidth for t in aot.GPU_TARGETS.values() if t.device_kind == device_kind), None)
+    elif args.topology in aot.GPU_TARGETS:
+        device_kind, bandwidth = aot.GPU_TARGETS[args.topology].device_kind, aot.GPU_TARGETS[args.topology].bandwidth
+    else:
+        p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)} or 'local'")
     if args.hlo:
-        if args.topology not in aot.GPU_TARGETS:
-            p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)}")
-        target = aot.GPU_TARGETS[args.topology]
-        device_kind, bandwidth = target.device_kind, target.bandwidth
         try:
             with open(args.hlo) as f:
                 text = f.read()
@@ -292,16 +295,7 @@ def main():
             p.error(f"--hlo={args.hlo!r} holds no HLO program (write one with --save_hlo)")
         program_line = f"program read from {args.hlo}"
     else:
-        if args.topology == "local":
-            devices = jax.devices()[:1]
-            bandwidth = next((t.bandwidth for t in aot.GPU_TARGETS.values()
-                              if t.device_kind == devices[0].device_kind), None)
-        elif args.topology in aot.GPU_TARGETS:
-            devices = aot.topology_devices(args.topology)
-            bandwidth = aot.GPU_TARGETS[args.topology].bandwidth
-        else:
-            p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)} or 'local'")
-        device_kind = devices[0].device_kind
+        devices = jax.devices()[:1] if args.topology == "local" else aot.topology_devices(args.topology)
         mesh = parallel.create_mesh(config, devices)
         _, abstract_state, shardings = train_state.train_state_layout(config, model, optimizer, mesh,
                                                                       jax.random.key(0))

@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--size=bench|tiny|small|medium] [--length=256] [--batch_size=8]
         [--compute_dtype=float32|bfloat16] [--attention=plain|fused] [--scan_blocks=0|1] [--remat=...]
-        [--masked_positions_only=0|1] [--steps=20] [--compilation_cache=DIR] [--profile_dir=DIR]
+        [--masked_positions_only=0|1] [--steps=20] [--compilation_cache=DIR] [--profile_dir=DIR] [--save_hlo=FILE]
 
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
@@ -13,6 +13,8 @@ chip's data-sheet peak; those are the whole network's, so with the absorbing gra
 counts work it skipped: `--masked_positions_only=0` measures the hardware's use. Figures are printed, never
 asserted. `--profile_dir=DIR` then traces 3 more steps with `jax.profiler` into DIR/plugins/profile/ (TensorBoard's
 Profile tab; on a GPU the measured time of every kernel, to set against bench/roofline.py's estimate).
+`--save_hlo=FILE` writes the compiled step's program text (on a GPU the autotuned one), which `bench/roofline.py
+--hlo=FILE` reads.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main():
                    help="persistent compilation cache directory, as sedd-train's flag (default: off; a second run "
                         "with the same directory loads the step instead of compiling it)")
     p.add_argument("--profile_dir", default="", help="trace 3 more steps (untimed) into this directory")
+    p.add_argument("--save_hlo", default="", help="write the compiled step's program text to this file")
     args = p.parse_args()
     host_memory.run_cpu_programs_inline()  # as sedd-train: a CPU step reuses the memory of the previous one
     compilation_cache.enable(args.compilation_cache)
@@ -51,6 +54,9 @@ def main():
                                                                      jax.random.key(0))
     step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
     compile_s = time.perf_counter() - started
+    if args.save_hlo:
+        with open(args.save_hlo, "w") as f:
+            f.write(step.as_text())
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -74,7 +80,8 @@ def main():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_started
     t = common.median(times)
     tokens_per_s = b * length / t
-    print(f"parameters {n_params:,}; compile {compile_s:.1f} s")
+    print(f"parameters {n_params:,}; compile {compile_s:.1f} s"
+          + (f"; program written to {args.save_hlo}" if args.save_hlo else ""))
     print(common.compiled_memory_line(step))
     print(f"train step median {t * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, "
           f"{args.steps} steps) | {tokens_per_s:,.0f} tokens/s | {common.peak_memory_line()}")

@@ -1,5 +1,5 @@
-"""bench/train_step.py as a GPU run would use it: the first step's figures (to compare two programs) and a profile
-of 3 more steps."""
+"""bench/train_step.py as a GPU run would use it: the first step's figures (to compare two programs), a profile of 3
+more steps, and the compiled program for bench/roofline.py."""
 
 import os
 import re
@@ -9,11 +9,14 @@ import sys
 from tests.train_testing import REPO, profiled_steps
 
 
-def test_prints_the_first_step_and_profiles_three_more(tmp_path):
-    command = [sys.executable, os.path.join(REPO, "bench", "train_step.py"), "--size=tiny", "--tokens=64",
-               "--length=32", "--batch_size=2", "--steps=1", f"--profile_dir={tmp_path}"]
-    runs = [subprocess.run(command, capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ, JAX_PLATFORMS="cpu")) for _ in range(2)]
+def test_prints_the_first_step_profiles_three_more_and_saves_the_program(tmp_path):
+    model = ["--size=tiny", "--tokens=64", "--length=32", "--batch_size=2"]
+    command = [sys.executable, os.path.join(REPO, "bench", "train_step.py"), *model, "--steps=1",
+               f"--profile_dir={tmp_path}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    saved = tmp_path / "step.hlo"
+    runs = [subprocess.run(command + extra, capture_output=True, text=True, timeout=600, env=env)
+            for extra in ([], [f"--save_hlo={saved}"])]
     assert all(run.returncode == 0 for run in runs), runs[0].stderr[-3000:]
     first = [re.search(r"first step: loss ([\d.]+) nats/token, gradient norm ([\d.]+)", run.stdout) for run in runs]
     assert all(first) and first[0].groups() == first[1].groups()  # the same state, batch and key every run
@@ -21,3 +24,14 @@ def test_prints_the_first_step_and_profiles_three_more(tmp_path):
     traced = profiled_steps(tmp_path)
     assert traced and traced[-1] == [1, 2, 3]
     assert f"profile of 3 steps written to {tmp_path}/plugins/profile/" in runs[0].stdout
+
+    # the saved program is the step's, and the roofline reads it back for a named chip (as bench/accelerator.sh does
+    # with --topology=local on a GPU; on a CPU that has no data sheet, which it says)
+    assert f"program written to {saved}" in runs[1].stdout
+    assert "ENTRY" in saved.read_text() and "while" in saved.read_text()  # the blocks' scan
+    roofline = [sys.executable, os.path.join(REPO, "bench", "roofline.py"), *model, f"--hlo={saved}"]
+    read = subprocess.run(roofline + ["--topology=h200"], capture_output=True, text=True, timeout=300, env=env)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert f"program read from {saved}" in read.stdout and re.search(r"at the roofline: [\d.]+ ms", read.stdout)
+    local = subprocess.run(roofline + ["--topology=local"], capture_output=True, text=True, timeout=300, env=env)
+    assert local.returncode == 1 and "no data-sheet peak or bandwidth for 'cpu'" in local.stderr, local.stderr[-2000:]

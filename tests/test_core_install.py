@@ -256,7 +256,8 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
     but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the
     wheel in WHEELS (into a temporary folder) and prints every figure, with the config's remat policy and with
-    none (tiny settings, CPU, fused attention)."""
+    none (tiny settings, CPU, fused attention), whatever run fails; with its time budget spent, only the default
+    program's."""
     dists = {name: dist for name, dist in _closure(installed).items() if name != "ml-collections"}
     dists["pip"] = installed["pip"]
     python = _virtualenv(tmp_path / "venv", dists, installed)
@@ -269,7 +270,8 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
                PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",  # offline: no index, no local wheel folders
                SIZE="tiny", LENGTH="32", BATCH="2", TRAIN_STEPS="1", SAMPLE_BATCH="2", SAMPLE_STEPS="2",
                EVAL_BATCH="2", DTYPE="float32",
-               ATTENTIONS="fused")  # the GPU fast path; plain runs the same code with a flag
+               ATTENTIONS="fused",  # the GPU fast path; plain runs the same code with a flag
+               REMATS="bogus none")  # a run that fails (an unknown policy) stops none of the others
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
     # without the wheel: one message saying how to bring it, before anything runs
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
@@ -280,8 +282,11 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     results = tmp_path / "results"
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(results)], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
     log = (results / "accelerator.txt").read_text()
+    assert "argument --remat: invalid choice: 'bogus'" in log
+    assert log.rstrip().endswith("failed (its output is above): train: tiny float32 L=32 batch 2 attention=fused "
+                                 "remat=bogus"), log[-2000:]
     sections = dict(section.split("\n", 1) for section in log.split("=== ")[1:])  # header -> output
     for remat, policy in (("config", "dots_no_batch"), ("none", "none")):  # the tiny config's, and none
         train = sections[f"train: tiny float32 L=32 batch 2 attention=fused remat={remat}"]
@@ -295,7 +300,25 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     bound = sections["likelihood: tiny float32 L=32 batch 2 attention=fused"]
     assert re.search(r"whole network +: median .* tokens x draws/s", bound), bound
     assert re.search(r"masked positions only: [0-9.]+x \| largest difference of the draws", bound), bound
-    assert len(sections) == 5, list(sections)
+    assert len(sections) == 6, list(sections)
+    assert list(sections)[:2] == ["train: tiny float32 L=32 batch 2 attention=fused remat=config",
+                                  "sample: tiny float32 L=32 batch 2 attention=fused"]  # the default program first
+    assert re.search(r"took \d+ s \(budget 300 s\)", log) and "skipped" not in log
     assert "figures written to" in done.stdout
+    # past its budget the script still measures the default program, then names what it skipped
+    budget = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", "budget"], capture_output=True, text=True,
+                            cwd=tmp_path, env={**env, "BUDGET_S": "0"}, timeout=600)
+    assert budget.returncode == 0, budget.stdout[-2000:] + budget.stderr[-3000:]
+    log = (tmp_path / "budget" / "accelerator.txt").read_text()  # RESULTS_DIR is the caller's relative path
+    assert [line for line in log.splitlines() if line.startswith("=== ")] == [
+        "=== train: tiny float32 L=32 batch 2 attention=fused remat=config",
+        "=== sample: tiny float32 L=32 batch 2 attention=fused"], log
+    assert "train step median" in log and "analytic" in log
+    assert [line for line in log.splitlines() if line.startswith("skipped")] == [
+        f"skipped for the budget (raise BUDGET_S to run it): {header}" for header in (
+            "train: tiny float32 L=32 batch 2 attention=fused remat=config, whole network",
+            "likelihood: tiny float32 L=32 batch 2 attention=fused",
+            "train: tiny float32 L=32 batch 2 attention=fused remat=bogus",
+            "train: tiny float32 L=32 batch 2 attention=fused remat=none")], log
     # installed only for the run: the environment is as it was
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1
