@@ -2,7 +2,7 @@
 memory bandwidth and peak, summed with the loops' trip counts (a roofline estimate, not a measurement).
 
     python bench/roofline.py [model flags of bench/train_step.py] [--topology=h200|h100|a100|local]
-        [--chunk_runs=9] [--top=25] [--save_hlo=FILE | --hlo=FILE]
+        [--chunk_runs=9] [--top=25] [--kernel_floor_us=2] [--save_hlo=FILE | --hlo=FILE]
 
 `--topology=h200` (the default) compiles the trainer's own step for a described H200 on any machine with JAX's
 CUDA plugin (`sedd_jax.compile`; no GPU needed, GEMM kernels not autotuned); `--topology=local` compiles it for
@@ -13,7 +13,9 @@ except that an operand read only through dynamic slices counts the slices and a 
 the update. The sum bounds the step's time from below (kernels at the chip's data-sheet limits, one at a time),
 so the model-FLOPs utilisation it implies bounds MFU from above. Loops without a known trip count (the absorbing
 loss's chunk loop, which runs as many of its chunks as the most-masked data shard needs: about 9 of 16 with
-half the positions masked) count `--chunk_runs` iterations. Figures are printed, never asserted.
+half the positions masked) count `--chunk_runs` iterations. A second estimate takes every kernel run to need at
+least `--kernel_floor_us` (2 us: launching and ramping up a small kernel), for steps of many small kernels (an
+optimizer's per-parameter updates and norms). Figures are printed, never asserted.
 
 `--save_hlo=FILE` writes the compiled program's text (as does `bench/train_step.py --save_hlo`); `--hlo=FILE` reads
 such a file instead of compiling (no CUDA plugin needed), with the chip named by `--topology` (`local`: this
@@ -239,9 +241,10 @@ def _custom_gemm_flops(ins: Instruction, shapes) -> float:
     return 2 * _product(_ARRAY.search(ins.shape).group(2)) * k
 
 
-def roofline_seconds(kernel: Kernel, peak: float, bandwidth: float) -> float:
-    """One kernel's lower bound on time for all its runs: max(FLOPs / peak, bytes / bandwidth) per run."""
-    return kernel.count * max(kernel.flops / peak, kernel.bytes / bandwidth)
+def roofline_seconds(kernel: Kernel, peak: float, bandwidth: float, floor: float = 0.0) -> float:
+    """One kernel's lower bound on time for all its runs: max(FLOPs / peak, bytes / bandwidth, floor) per run
+    (`floor`: the least time any kernel run takes, in seconds)."""
+    return kernel.count * max(kernel.flops / peak, kernel.bytes / bandwidth, floor)
 
 
 def summary(found: list[Kernel], peak: float, bandwidth: float, group) -> list[tuple[str, int, float, float, float]]:
@@ -264,6 +267,8 @@ def main():
     p.add_argument("--chunk_runs", type=int, default=9,
                    help="iterations counted for loops of unknown trip count (the masked-positions chunk loop)")
     p.add_argument("--top", type=int, default=25, help="the kernels listed one by one (slowest first)")
+    p.add_argument("--kernel_floor_us", type=float, default=2.0,
+                   help="the least time a kernel run is taken to need (launch, ramp-up), for a second estimate")
     p.add_argument("--save_hlo", default=None, help="also write the compiled program's text to this file")
     p.add_argument("--hlo", default=None,
                    help="read a program written by --save_hlo instead of compiling (--topology names its chip)")
@@ -329,6 +334,13 @@ def main():
           f"run ({products / peak * 1e3:.2f} ms at peak)")
     print(f"model FLOPs (sedd_jax.flops, as bench/train_step.py's MFU) {model_flops / 1e12:.2f} TFLOP per step: "
           f"MFU at most {model_flops / peak / total:.1%}")
+    floor = args.kernel_floor_us * 1e-6
+    runs = sum(k.count for k in found)
+    below = sum(k.count for k in found if roofline_seconds(k, peak, bandwidth) < k.count * floor)
+    floored = sum(roofline_seconds(k, peak, bandwidth, floor) for k in found)
+    print(f"{runs:,} kernel runs per step, {below:,} of them under {args.kernel_floor_us:g} us at the roofline; with "
+          f"{args.kernel_floor_us:g} us as the least a kernel run takes (--kernel_floor_us): {floored * 1e3:.2f} ms, "
+          f"MFU at most {model_flops / peak / floored:.1%}")
     print(f"\nslowest {args.top} kernels (all runs): ms, GiB, TFLOP, runs, kernel, result, operation")
     for k in sorted(found, key=lambda k: -roofline_seconds(k, peak, bandwidth))[:args.top]:
         print(f"{roofline_seconds(k, peak, bandwidth) * 1e3:7.2f} {k.count * k.bytes / 2**30:7.2f} "

@@ -72,6 +72,8 @@ def test_roofline_time_is_the_slower_of_compute_and_memory():
     kernel = roofline.Kernel("gemm", "%k", "f32[8]", "", count=3, bytes=4e6, flops=1e9, op_name="")
     assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9) == pytest.approx(3 * 4e-3)  # memory-bound
     assert roofline.roofline_seconds(kernel, peak=1e11, bandwidth=1e12) == pytest.approx(3 * 1e-2)  # compute-bound
+    assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9, floor=5e-3) == pytest.approx(3 * 5e-3)
+    assert roofline.roofline_seconds(kernel, peak=1e12, bandwidth=1e9, floor=1e-3) == pytest.approx(3 * 4e-3)
     assert roofline.array_bytes("(bf16[2,3]{1,0}, f32[4]{0}, s32[])") == 2 * 6 + 4 * 4 + 4
 
 
@@ -89,6 +91,15 @@ def test_a_saved_program_is_read_without_compiling(tmp_path, monkeypatch, capsys
     assert expected > 5e-4
     printed_ms = float(re.search(r"at the roofline: ([\d.]+) ms", printed).group(1))
     assert printed_ms == pytest.approx(expected * 1e3, abs=0.006)
+    found = roofline.kernels(text, 9)
+    floored = sum(roofline.roofline_seconds(k, 989e12, 4.8e12, 2e-6) for k in found)
+    assert floored > expected  # the loop's small kernels take 2 us each
+    line = re.search(r"([\d,]+) kernel runs per step, ([\d,]+) of them under 2 us at the roofline; with 2 us as "
+                     r"the least a kernel run takes \(--kernel_floor_us\): ([\d.]+) ms", printed)
+    assert line, printed
+    assert int(line.group(1).replace(",", "")) == sum(k.count for k in found)
+    assert 0 < int(line.group(2).replace(",", "")) < int(line.group(1).replace(",", ""))
+    assert float(line.group(3)) == pytest.approx(floored * 1e3, abs=0.006)
 
     saved.write_text("not a program")
     with pytest.raises(SystemExit):
