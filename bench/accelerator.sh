@@ -3,7 +3,8 @@
 # sampling tokens/s (analytic predictor, 128 steps + denoiser) and peak memory, for the fused and the plain attention
 # (and splash on TPUs). These run first, the default program (fused attention, the config's remat policy) before
 # anything else; on GPUs that run also keeps a profile of 3 of its steps, its autotuned program and XLA's autotuning
-# results, and the roofline estimate of that program follows it (bench/roofline.py, no second compile). Further
+# results, and the roofline estimate of that program follows it, set against the profile's measured kernel times
+# (bench/roofline.py, no second compile). Further
 # measurements run while the script is within its time budget (BUDGET_S), each named in the log if skipped: on GPUs
 # the train step with XLA's pass that skips zero-filling the scan's outputs, the whole network (no masked-positions
 # skip: the hardware's utilisation), the likelihood bound's draws, and training without rematerialisation. A
@@ -79,14 +80,15 @@ sample() {  # sample ATTENTION: the analytic sampler's runs of bench/sample.py
 
 # The default program, as the trainer runs it. On GPUs also a profile of 3 steps (every kernel's measured time), the
 # autotuned program and XLA's autotuning results, for study after the machine is gone (bench/README.md, "Where an
-# H200 step's time would go"), and the roofline estimate of that same program, read back without compiling.
+# H200 step's time would go"), and the roofline estimate of that same program, read back without compiling, kernel
+# by kernel against the profile's measured times.
 if [ "$backend" = gpu ]; then
     section "train: $size $dtype L=$length batch $batch attention=$main remat=config" \
         with_xla_flag --xla_gpu_dump_autotune_results_to="$results/autotune_results.textproto" train "$main" \
         --profile_dir="$results/profile" --save_hlo="$results/train_step.hlo"
     section "roofline: $size $dtype L=$length batch $batch attention=$main remat=config" \
         python3 bench/roofline.py "${model[@]}" --batch_size="$batch" --attention="$main" --topology=local \
-        --hlo="$results/train_step.hlo" --top=15
+        --hlo="$results/train_step.hlo" --profile="$results/profile" --top=15
 else
     section "train: $size $dtype L=$length batch $batch attention=$main remat=config" train "$main"
 fi

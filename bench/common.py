@@ -130,6 +130,14 @@ def peak_memory_line() -> str:
     return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
 
 
+def save_program(text: str, path: str) -> None:
+    """Writes a compiled program's text (`Compiled.as_text()`: the HLO after XLA's passes, on a GPU the autotuned
+    one) to `path`, creating its directory, for `bench/roofline.py --hlo`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def compiled_memory_line(compiled) -> str:
     analysis = compiled.memory_analysis()
     if analysis is None:

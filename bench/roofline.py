@@ -2,7 +2,7 @@
 memory bandwidth and peak, summed with the loops' trip counts (a roofline estimate, not a measurement).
 
     python bench/roofline.py [model flags of bench/train_step.py] [--topology=h200|h100|a100|local]
-        [--chunk_runs=9] [--top=25] [--kernel_floor_us=2] [--save_hlo=FILE | --hlo=FILE]
+        [--chunk_runs=9] [--top=25] [--kernel_floor_us=2] [--save_hlo=FILE | --hlo=FILE [--profile=DIR]]
 
 `--topology=h200` (the default) compiles the trainer's own step for a described H200 on any machine with JAX's
 CUDA plugin (`sedd_jax.compile`; no GPU needed, GEMM kernels not autotuned); `--topology=local` compiles it for
@@ -20,7 +20,9 @@ optimizer's per-parameter updates and norms). Figures are printed, never asserte
 `--save_hlo=FILE` writes the compiled program's text (as does `bench/train_step.py --save_hlo`); `--hlo=FILE` reads
 such a file instead of compiling (no CUDA plugin needed), with the chip named by `--topology` (`local`: this
 machine's GPU) and the model flags the program was compiled with (for its model FLOPs). So the autotuned program of
-a GPU (`bench/accelerator.sh` saves it) can be read again anywhere.
+a GPU (`bench/accelerator.sh` saves it) can be read again anywhere. With `--profile=DIR`, a `jax.profiler` trace of
+the same program's steps (`bench/train_step.py --profile_dir=DIR --save_hlo=FILE` writes both), each kernel's measured
+time is set against its estimate: in all, by kind, and the kernels furthest from it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import gzip
+import json
+import pathlib
 import re
 
 import common  # first: puts the repository on sys.path
@@ -247,6 +252,32 @@ def roofline_seconds(kernel: Kernel, peak: float, bandwidth: float, floor: float
     return kernel.count * max(kernel.flops / peak, kernel.bytes / bandwidth, floor)
 
 
+def measured_seconds(profile_dir: str, module: str) -> tuple[dict[str, float], int]:
+    """The measured time of each of `module`'s kernels, summed over the newest `jax.profiler` trace under
+    profile_dir/plugins/profile/ (as `bench/train_step.py --profile_dir` and the trainer write them), and the number
+    of train steps it holds (its "train" step annotations): {HLO instruction name: seconds}, steps. Kernels are the
+    events that name their HLO instruction (`hlo_op`) on the trace's devices (a GPU's kernels), or on the host
+    where it has no device (a CPU's thunks). Raises ValueError for a directory without a trace or steps."""
+    traces = sorted(pathlib.Path(profile_dir).glob("plugins/profile/*/*.trace.json.gz"))
+    if not traces:
+        raise ValueError(f"no jax.profiler trace under {profile_dir}/plugins/profile/ (write one with "
+                         "bench/train_step.py --profile_dir)")
+    with gzip.open(traces[-1]) as f:
+        events = json.load(f)["traceEvents"]
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    steps = len({e["args"]["step_num"] for e in events if e.get("name") == "train" and "step_num" in e.get("args", {})})
+    if not steps:
+        raise ValueError(f"{traces[-1]} holds no train steps (\"train\" step annotations)")
+    seconds = collections.Counter()
+    for e in events:
+        args = e.get("args", {})
+        if (e.get("ph") == "X" and args.get("hlo_module") == module and "hlo_op" in args
+                and (e["pid"] in devices or not devices)):
+            seconds[args["hlo_op"]] += e["dur"] * 1e-6
+    return dict(seconds), steps
+
+
 def summary(found: list[Kernel], peak: float, bandwidth: float, group) -> list[tuple[str, int, float, float, float]]:
     """(group, runs, GiB moved, TFLOP, ms at the roofline) per `group(kernel)`, slowest first."""
     rows = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
@@ -272,9 +303,14 @@ def main():
     p.add_argument("--save_hlo", default=None, help="also write the compiled program's text to this file")
     p.add_argument("--hlo", default=None,
                    help="read a program written by --save_hlo instead of compiling (--topology names its chip)")
+    p.add_argument("--profile", default=None,
+                   help="with --hlo: a directory with a jax.profiler trace of the same program's steps "
+                        "(bench/train_step.py --profile_dir), whose measured kernel times are set against the estimate")
     args = p.parse_args()
     if args.hlo and args.save_hlo:
         p.error("--hlo reads a saved program: it takes no --save_hlo")
+    if args.profile and not args.hlo:
+        p.error("--profile needs --hlo: the program the trace ran (bench/train_step.py --save_hlo)")
 
     import jax
 
@@ -307,8 +343,7 @@ def main():
         step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
         text, program_line = step.as_text(), common.compiled_memory_line(step)
         if args.save_hlo:
-            with open(args.save_hlo, "w") as f:
-                f.write(text)
+            common.save_program(text, args.save_hlo)
             program_line += f"; program written to {args.save_hlo}"
     peak = flops.peak_flops(device_kind, config.model.compute_dtype)
     if peak is None or bandwidth is None:
@@ -345,6 +380,44 @@ def main():
     for k in sorted(found, key=lambda k: -roofline_seconds(k, peak, bandwidth))[:args.top]:
         print(f"{roofline_seconds(k, peak, bandwidth) * 1e3:7.2f} {k.count * k.bytes / 2**30:7.2f} "
               f"{k.count * k.flops / 1e12:6.2f} x{k.count:<4d} {k.name[:28]:28s} {k.shape[:48]:48s} {k.op_name[-70:]}")
+    if args.profile:
+        module = re.search(r"^HloModule ([\w.\-]+)", text, re.M)
+        try:
+            measured, steps = measured_seconds(args.profile, module.group(1) if module else "")
+        except ValueError as e:
+            p.error(f"--profile={args.profile!r}: {e}")
+        compare_with_profile(found, measured, steps, peak, bandwidth, args.top)
+
+
+def compare_with_profile(found: list[Kernel], measured: dict[str, float], steps: int, peak: float, bandwidth: float,
+                         top: int):
+    """Prints the measured time of the program's kernels per step against their estimate: in all, by kind, and the
+    kernels furthest from it."""
+    ran = [k for k in found if k.name.lstrip("%") in measured]
+    took = {k.name: measured[k.name.lstrip("%")] / steps for k in ran}  # seconds per step, all runs
+    total, estimate = sum(took.values()), sum(roofline_seconds(k, peak, bandwidth) for k in ran)
+    if not total:
+        raise SystemExit("no kernel of the program has a timed event in the trace: was it traced running this "
+                         "program (bench/train_step.py --profile_dir with --save_hlo)?")
+    missing = [k for k in found if k.name.lstrip("%") not in measured]
+    print(f"\nmeasured ({steps} traced steps): the program's kernels took {total * 1e3:.2f} ms per step against "
+          f"{estimate * 1e3:.2f} ms at the roofline ({estimate / total:.0%} of the roofline's speed); "
+          f"{len(missing)} of its {len(found)} kernels have no event in the trace "
+          f"({sum(roofline_seconds(k, peak, bandwidth) for k in missing) * 1e3:.2f} ms at the roofline)")
+    kinds = collections.defaultdict(lambda: [0.0, 0.0])
+    for k in ran:
+        kinds[k.kind][0] += took[k.name]
+        kinds[k.kind][1] += roofline_seconds(k, peak, bandwidth)
+    print(f"\n{'kernel kind':44s} {'measured ms':>12s} {'roofline ms':>12s} {'of roofline speed':>18s}")
+    for kind, (seconds, bound) in sorted(kinds.items(), key=lambda item: -item[1][0]):
+        print(f"{kind:44s} {seconds * 1e3:12.2f} {bound * 1e3:12.2f} {bound / max(seconds, 1e-12):18.0%}")
+    print(f"\n{top} kernels furthest from the roofline (per step): measured ms, roofline ms, GB/s, TFLOP/s, runs, "
+          "kernel, operation")
+    for k in sorted(ran, key=lambda k: roofline_seconds(k, peak, bandwidth) - took[k.name])[:top]:
+        seconds = max(took[k.name], 1e-12)
+        print(f"{seconds * 1e3:7.2f} {roofline_seconds(k, peak, bandwidth) * 1e3:7.2f} "
+              f"{k.count * k.bytes / seconds / 1e9:7.0f} {k.count * k.flops / seconds / 1e12:7.1f} x{k.count:<4d} "
+              f"{k.name[:28]:28s} {k.op_name[-70:]}")
 
 
 if __name__ == "__main__":

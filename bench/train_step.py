@@ -55,8 +55,7 @@ def main():
     step = train_step.compile_train_step(config, model, loss_fn, optimizer, mesh, abstract_state, shardings)
     compile_s = time.perf_counter() - started
     if args.save_hlo:
-        with open(args.save_hlo, "w") as f:
-            f.write(step.as_text())
+        common.save_program(step.as_text(), args.save_hlo)
     state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
 

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.train_testing import REPO, profiled_steps
 
 
@@ -35,3 +37,22 @@ def test_prints_the_first_step_profiles_three_more_and_saves_the_program(tmp_pat
     assert f"program read from {saved}" in read.stdout and re.search(r"at the roofline: [\d.]+ ms", read.stdout)
     local = subprocess.run(roofline + ["--topology=local"], capture_output=True, text=True, timeout=300, env=env)
     assert local.returncode == 1 and "no data-sheet peak or bandwidth for 'cpu'" in local.stderr, local.stderr[-2000:]
+
+    # the trace of the same run, set against the program's estimate: every kernel kind's measured time adds up to
+    # the measured total
+    compared = subprocess.run(roofline + ["--topology=h200", f"--profile={tmp_path}"], capture_output=True, text=True,
+                              timeout=300, env=env)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    total = re.search(r"measured \(3 traced steps\): the program's kernels took ([\d.]+) ms per step against "
+                      r"([\d.]+) ms at the roofline", compared.stdout)
+    assert total and float(total.group(1)) > 0, compared.stdout[-3000:]
+    table = compared.stdout.split("of roofline speed\n")[1].split("\n\n")[0].splitlines()
+    kinds = {line.split()[0]: float(line.split()[1]) for line in table}
+    assert "gemm" in kinds and kinds["gemm"] > 0  # the blocks' products
+    assert sum(kinds.values()) == pytest.approx(float(total.group(1)), abs=0.01 * len(kinds))
+    # and the errors that say what to give it
+    no_hlo = subprocess.run(roofline[:-1] + [f"--profile={tmp_path}"], capture_output=True, text=True, env=env)
+    assert no_hlo.returncode == 2 and "--profile needs --hlo" in no_hlo.stderr
+    empty = subprocess.run(roofline + ["--topology=h200", f"--profile={tmp_path / 'none'}"], capture_output=True,
+                           text=True, env=env)
+    assert empty.returncode == 2 and "no jax.profiler trace under" in empty.stderr
