@@ -19,7 +19,9 @@
 # SAMPLE_BATCH [16], SAMPLE_STEPS [128], ATTENTIONS ["fused plain", and splash on TPUs; the first is the default
 # program's], REMATS ["none"] (the further runs' policies besides the config's), EVAL_BATCH [16], EVAL_DRAWS [4],
 # DTYPE [bfloat16], BUDGET_S [300] (seconds after which no further measurement starts; the first ones always run),
-# WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it).
+# WHEELS [.whl] (a folder with an ml-collections wheel, for offline machines without it), ROOFLINE_TOPOLOGY [local]
+# (the data sheet for the roofline: a GPU of sedd_jax.compile.GPU_TARGETS, for a chip it does not know by name),
+# BACKEND [JAX's default backend] (whose runs to make: `gpu` on a CPU runs the GPU's as well, to check this script).
 set -euo pipefail
 [ $# -gt 0 ] && mkdir -p "$1" && results=$(cd "$1" && pwd)  # RESULTS_DIR as named from the caller's directory
 cd "$(dirname "$0")/.."
@@ -45,7 +47,7 @@ if ! python3 -c "import ml_collections" 2>/dev/null; then
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 size=${SIZE:-small} length=${LENGTH:-1024} dtype=${DTYPE:-bfloat16} batch=${BATCH:-32}
-backend=$(python3 -c 'import jax; print(jax.default_backend())')
+backend=${BACKEND:-$(python3 -c 'import jax; print(jax.default_backend())')}
 attentions=${ATTENTIONS:-}
 if [ -z "$attentions" ]; then  # splash attention runs only on TPUs (elsewhere it is plain attention)
     attentions="fused plain"
@@ -87,8 +89,8 @@ if [ "$backend" = gpu ]; then
         with_xla_flag --xla_gpu_dump_autotune_results_to="$results/autotune_results.textproto" train "$main" \
         --profile_dir="$results/profile" --save_hlo="$results/train_step.hlo"
     section "roofline: $size $dtype L=$length batch $batch attention=$main remat=config" \
-        python3 bench/roofline.py "${model[@]}" --batch_size="$batch" --attention="$main" --topology=local \
-        --hlo="$results/train_step.hlo" --profile="$results/profile" --top=15
+        python3 bench/roofline.py "${model[@]}" --batch_size="$batch" --attention="$main" \
+        --topology="${ROOFLINE_TOPOLOGY:-local}" --hlo="$results/train_step.hlo" --profile="$results/profile" --top=15
 else
     section "train: $size $dtype L=$length batch $batch attention=$main remat=config" train "$main"
 fi
@@ -102,8 +104,8 @@ done
 # On GPUs, the same step with XLA's pass that allocates a loop's fully overwritten buffers instead of zero-filling
 # them (off by default in XLA; JAX's scan zero-fills its stacked outputs, 2.6% of the step at the roofline: bench/
 # README.md): its speed, and its first step's loss and gradient norm against the first run's (they should agree).
-[ "$backend" = gpu ] && further "train: $size $dtype L=$length batch $batch attention=$main remat=config," \
-    "--xla_gpu_enable_dus_accumulator_zero_init_elimination" \
+[ "$backend" = gpu ] && further "train: $size $dtype L=$length batch $batch attention=$main remat=config, \
+--xla_gpu_enable_dus_accumulator_zero_init_elimination" \
     with_xla_flag --xla_gpu_enable_dus_accumulator_zero_init_elimination=true train "$main"
 # The runs above compute the last layers at masked positions only (the trainer's default for the absorbing graph),
 # so their MFU counts FLOPs they skipped; the whole network once more, for the hardware's utilisation:
@@ -122,7 +124,9 @@ for remat in ${REMATS:-none}; do
     done
 done
 echo "took $((SECONDS - started)) s (budget ${budget} s)" | tee -a "$log"
-for header in "${skipped[@]}"; do echo "skipped for the budget (raise BUDGET_S to run it): $header" | tee -a "$log"; done
+for header in "${skipped[@]}"; do
+    echo "skipped for the budget (raise BUDGET_S to run it): $header" | tee -a "$log"
+done
 for header in "${failed[@]}"; do echo "failed (its output is above): $header" | tee -a "$log"; done
 echo "figures written to $log"
 [ ${#failed[@]} -eq 0 ]

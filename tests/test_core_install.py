@@ -256,8 +256,8 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     """bench/accelerator.sh on a machine like the GPU machines it is written for: jax, flax, optax, orbax and chex
     but neither the data stack nor ml-collections, and no package index. It installs ml-collections from the
     wheel in WHEELS (into a temporary folder) and prints every figure, with the config's remat policy and with
-    none (tiny settings, CPU, fused attention), whatever run fails; with its time budget spent, only the default
-    program's."""
+    none (tiny settings, CPU, fused attention, the GPU's runs as well), whatever run fails; with its time budget
+    spent, only the default program's."""
     dists = {name: dist for name, dist in _closure(installed).items() if name != "ml-collections"}
     dists["pip"] = installed["pip"]
     python = _virtualenv(tmp_path / "venv", dists, installed)
@@ -272,6 +272,7 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
                EVAL_BATCH="2", DTYPE="float32",
                ATTENTIONS="fused",  # the GPU fast path; plain runs the same code with a flag
                REMATS="bogus none")  # a run that fails (an unknown policy) stops none of the others
+    gpu_runs = dict(BACKEND="gpu", ROOFLINE_TOPOLOGY="h200")  # the GPU's runs as well, on this CPU
     assert _run(python, "-c", "import ml_collections", cwd=tmp_path).returncode == 1  # really missing
     # without the wheel: one message saying how to bring it, before anything runs
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(tmp_path / "no_wheel")], capture_output=True,
@@ -281,7 +282,7 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     assert "pip download --no-deps --only-binary=:all: -d .whl ml-collections" in done.stderr
     results = tmp_path / "results"
     done = subprocess.run(["bash", f"{REPO}/bench/accelerator.sh", str(results)], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=600)
+                          cwd=tmp_path, env={**env, **gpu_runs}, timeout=900)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
     log = (results / "accelerator.txt").read_text()
     assert "argument --remat: invalid choice: 'bogus'" in log
@@ -300,9 +301,22 @@ def test_accelerator_script_runs_offline_on_the_core_install_without_ml_collecti
     bound = sections["likelihood: tiny float32 L=32 batch 2 attention=fused"]
     assert re.search(r"whole network +: median .* tokens x draws/s", bound), bound
     assert re.search(r"masked positions only: [0-9.]+x \| largest difference of the draws", bound), bound
-    assert len(sections) == 6, list(sections)
-    assert list(sections)[:2] == ["train: tiny float32 L=32 batch 2 attention=fused remat=config",
+    # the GPU's runs: the default program's profile and compiled program, read back by the roofline against the
+    # profile's kernel times; the same step with XLA's zero-fill pass (which the CPU ignores: the same first step)
+    assert list(sections)[:3] == ["train: tiny float32 L=32 batch 2 attention=fused remat=config",
+                                  "roofline: tiny float32 L=32 batch 2 attention=fused remat=config",
                                   "sample: tiny float32 L=32 batch 2 attention=fused"]  # the default program first
+    default = sections["train: tiny float32 L=32 batch 2 attention=fused remat=config"]
+    assert f"program written to {results}/train_step.hlo" in default
+    assert f"profile of 3 steps written to {results}/profile/plugins/profile/" in default
+    roofline = sections["roofline: tiny float32 L=32 batch 2 attention=fused remat=config"]
+    assert f"program read from {results}/train_step.hlo" in roofline and "at the roofline:" in roofline
+    assert "measured (3 traced steps): the program's kernels took" in roofline, roofline
+    zero_fill = sections["train: tiny float32 L=32 batch 2 attention=fused remat=config, "
+                         "--xla_gpu_enable_dus_accumulator_zero_init_elimination"]
+    first_step = re.compile(r"first step: loss [\d.]+ nats/token, gradient norm [\d.]+")
+    assert first_step.search(zero_fill).group() == first_step.search(default).group()
+    assert len(sections) == 8, list(sections)
     assert re.search(r"took \d+ s \(budget 300 s\)", log) and "skipped" not in log
     assert "figures written to" in done.stdout
     # past its budget the script still measures the default program, then names what it skipped
