@@ -43,6 +43,9 @@ _INSTRUCTION = re.compile(r"^\s+(ROOT )?(%[\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((
 _ARRAY = re.compile(r"([a-z]+\d*)\[([0-9,]*)\]")
 _FREE = {"get-tuple-element", "bitcast", "tuple", "constant", "parameter", "after-all", "partition-id", "replica-id"}
 _FREE_CUSTOM_CALLS = {"AllocateBuffer"}  # a buffer allocated, not written
+# lines of a device's trace that the profiler derives from its kernels (each op or step once more)
+_DERIVED_LINES = {"XLA Ops", "XLA Modules", "XLA TraceMe", "Steps", "Framework Ops", "Framework Name Scope",
+                  "TensorFlow Ops", "TensorFlow Name Scope", "Launch Stats", "Source code"}
 
 
 @dataclasses.dataclass
@@ -256,24 +259,27 @@ def measured_seconds(profile_dir: str, module: str) -> tuple[dict[str, float], i
     """The measured time of each of `module`'s kernels, summed over the newest `jax.profiler` trace under
     profile_dir/plugins/profile/ (as `bench/train_step.py --profile_dir` and the trainer write them), and the number
     of train steps it holds (its "train" step annotations): {HLO instruction name: seconds}, steps. Kernels are the
-    events that name their HLO instruction (`hlo_op`) on the trace's devices (a GPU's kernels), or on the host
-    where it has no device (a CPU's thunks). Raises ValueError for a directory without a trace or steps."""
+    events that name their HLO instruction (`hlo_op`) on the trace's devices (a GPU's kernels on its streams; the
+    lines the profiler derives from them, such as "XLA Ops", are left out), or on the host where it has no device
+    (a CPU's thunks). Raises ValueError for a directory without a trace or steps."""
     traces = sorted(pathlib.Path(profile_dir).glob("plugins/profile/*/*.trace.json.gz"))
     if not traces:
         raise ValueError(f"no jax.profiler trace under {profile_dir}/plugins/profile/ (write one with "
                          "bench/train_step.py --profile_dir)")
     with gzip.open(traces[-1]) as f:
         events = json.load(f)["traceEvents"]
-    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
-    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    names = lambda kind: {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+                          if e.get("ph") == "M" and e.get("name") == kind}
+    devices = {pid for (pid, _), name in names("process_name").items() if name.startswith("/device:")}
+    derived = {thread for thread, name in names("thread_name").items() if name in _DERIVED_LINES}
     steps = len({e["args"]["step_num"] for e in events if e.get("name") == "train" and "step_num" in e.get("args", {})})
     if not steps:
         raise ValueError(f"{traces[-1]} holds no train steps (\"train\" step annotations)")
     seconds = collections.Counter()
     for e in events:
         args = e.get("args", {})
-        if (e.get("ph") == "X" and args.get("hlo_module") == module and "hlo_op" in args
-                and (e["pid"] in devices or not devices)):
+        if (e.get("ph") == "X" and "hlo_op" in args and args.get("hlo_module", module).split("(")[0] == module
+                and (e["pid"] in devices or not devices) and (e["pid"], e["tid"]) not in derived):
             seconds[args["hlo_op"]] += e["dur"] * 1e-6
     return dict(seconds), steps
 

@@ -1,6 +1,8 @@
 """bench/roofline.py's reading of compiled programs (here XLA's CPU programs, whose text has the same form as the
 GPU's): products and their trip counts, slices of stacked buffers, the roofline sum."""
 
+import gzip
+import json
 import os
 import re
 import sys
@@ -105,3 +107,40 @@ def test_a_saved_program_is_read_without_compiling(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         roofline.main()
     assert "holds no HLO program" in capsys.readouterr().err
+
+
+def test_measured_kernel_times_come_from_the_device_streams_of_the_newest_trace(tmp_path):
+    """A GPU's trace in the form `jax.profiler` writes it (written here): kernel events on the device's streams
+    name their HLO instruction; the profiler's derived "XLA Ops" line repeats them and the host's launch events
+    name them too, and neither is counted; other modules' kernels are not either."""
+    def trace(folder, events):
+        path = tmp_path / "plugins" / "profile" / folder / "host.trace.json.gz"
+        path.parent.mkdir(parents=True)
+        with gzip.open(path, "wt") as f:
+            json.dump({"traceEvents": events}, f)
+
+    def meta(kind, pid, name, tid=None):
+        return {"ph": "M", "name": kind, "pid": pid, **({"tid": tid} if tid is not None else {}), "args": {"name": name}}
+
+    def kernel(pid, tid, op, us, module="jit_train_step"):
+        return {"ph": "X", "pid": pid, "tid": tid, "ts": 0, "dur": us, "name": op + "_kernel",
+                "args": {"hlo_op": op, "hlo_module": module}}
+
+    trace("2026_01_01_00_00_00", [meta("process_name", 1, "/host:CPU"), kernel(1, 1, "fusion.1", 1e6)])  # older
+    trace("2026_01_02_00_00_00", [
+        meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
+        meta("thread_name", 2, "Stream #13(Compute)", tid=13), meta("thread_name", 2, "XLA Ops", tid=100),
+        *({"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 9, "name": "train", "args": {"step_num": str(n)}}
+          for n in (4, 5)),
+        kernel(1, 1, "fusion.1", 50.0),                                       # the host's launch: not counted
+        kernel(2, 13, "fusion.1", 30.0), kernel(2, 13, "fusion.1", 10.0),      # two runs of one kernel
+        kernel(2, 13, "custom-call.2", 5.0), kernel(2, 13, "custom-call.2", 7.0),  # one call, two kernels
+        kernel(2, 100, "fusion.1", 40.0),                                     # derived: not counted
+        kernel(2, 13, "fusion.9", 99.0, module="jit_sample"),                 # another program
+    ])
+    measured, steps = roofline.measured_seconds(str(tmp_path), "jit_train_step")
+    assert steps == 2
+    assert measured == pytest.approx({"fusion.1": 40e-6, "custom-call.2": 12e-6})
+
+    with pytest.raises(ValueError, match="no jax.profiler trace under"):
+        roofline.measured_seconds(str(tmp_path / "elsewhere"), "jit_train_step")
