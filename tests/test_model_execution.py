@@ -147,19 +147,24 @@ def test_fused_attention_follows_the_platform_of_the_mesh():
 @pytest.mark.parametrize("remat", ["dots", "dots_no_batch", "full"])
 def test_remat_keeps_the_cudnn_attention_forward_for_its_backward(remat, monkeypatch, capsys):
     """Every remat policy keeps cuDNN's forward output and softmax statistics, which its backward kernel reads, so
-    the backward never reruns the forward kernel (traced for described H200s; tracing needs cuDNN's version only)."""
+    the backward never reruns the forward kernel; the dot-saving policies also keep its inputs q, k, v, which the
+    backward would otherwise rebuild (rotary, a copy of v); `full` keeps no more than it must (traced for described
+    H200s; tracing needs cuDNN's version only)."""
     from jax._src.cudnn import fused_attention_stablehlo  # JAX's cuDNN attention (private: the version check)
     monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
-    q, k, v = (jnp.ones((2, 128, 2, 64), jnp.bfloat16) for _ in range(3))
-    attend = jax.checkpoint(lambda q, k, v: transformer.fused_attention(q, k, v).astype(jnp.float32).sum(),
-                            policy=transformer.REMAT_POLICIES[remat])
+    x = jnp.ones((2, 128, 2, 64), jnp.bfloat16)
+    attend = jax.checkpoint(  # q, k and v computed inside, as the blocks compute them from the kept projection
+        lambda x: transformer.fused_attention(x * 1.5, x * 0.5, x + 1).astype(jnp.float32).sum(),
+        policy=transformer.REMAT_POLICIES[remat])
     described = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
     capsys.readouterr()
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("data",), abstract_device=described)):
-        jax.ad_checkpoint.print_saved_residuals(attend, q, k, v)
-    kept = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()
-            if "output of dot_product_attention_fwd" in line]
+        jax.ad_checkpoint.print_saved_residuals(attend, x)
+    printed = capsys.readouterr().out.splitlines()
+    kept = [line.split(" ")[0] for line in printed if "output of dot_product_attention_fwd" in line]
     assert kept == ["bf16[2,128,2,64]", "f32[2,2,128]"]  # the output [B, L, nh, dh] and statistics [B, nh, L]
+    inputs = [line.split(" ")[0] for line in printed if f"named '{transformer.CUDNN_INPUTS}'" in line]
+    assert inputs == ([] if remat == "full" else ["bf16[2,128,2,64]"] * 3)
 
 def test_splash_attention_kernel_matches_plain_attention(monkeypatch):
     # The TPU kernel's own code through Pallas's interpreter, over two blocks of keys (the online softmax).

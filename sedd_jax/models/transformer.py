@@ -258,6 +258,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     implementation = None
     if _target_platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         implementation = "cudnn"
+        q, k, v = (checkpoint_name(u, CUDNN_INPUTS) for u in (q, k, v))
     return jax.nn.dot_product_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1]), implementation=implementation)
 
 
@@ -319,6 +320,8 @@ ATTENTION_RESIDUALS = "attention_residuals"  # splash attention's output and row
                                              # likewise, through _cudnn_attention_forward)
 PROJECTION = "projection"  # a TorchLinear's output under low-precision compute: what the dot-saving policies keep
                            # of it, instead of its float32 product (half the bytes; see _rounded_projections)
+CUDNN_INPUTS = "cudnn_attention_inputs"  # q (rotated), k (rotated) and v as cuDNN's attention takes them (GPUs,
+                                         # bf16): kept by the dot-saving policies (see _rounded_projections)
 
 
 def _cudnn_attention_forward(prim, *avals, **params) -> bool:
@@ -350,11 +353,14 @@ def _rounded_projections(policy):
     """`policy`, except that a TorchLinear under low-precision compute is kept as its rounded output (PROJECTION)
     rather than as its float32 product, which everything after it reads only through that output: the same
     recomputation in half the memory (SEDD-small, bf16, 32 x 1024 on an H200: 13.0 -> 8.4 GiB of temporaries).
-    Float32 programs are unchanged (no widened products, no such names)."""
+    cuDNN's attention inputs (CUDNN_INPUTS) are kept too, which its backward kernel reads: rebuilding them from the
+    kept qkv projection took a rotary pass over q and k and a copy of v per block (SEDD-small on an H200: 57.97 ->
+    57.50 ms at the roofline, the same temporaries; bench/README.md). Float32 programs are unchanged (no widened
+    products, no such names)."""
     def saveable(prim, *avals, **params):
         return policy(prim, *avals, **params) and not _widened_product(prim, *avals, **params)
     return jax.checkpoint_policies.save_from_both_policies(
-        saveable, jax.checkpoint_policies.save_only_these_names(PROJECTION))
+        saveable, jax.checkpoint_policies.save_only_these_names(PROJECTION, CUDNN_INPUTS))
 
 
 # Rematerialisation policies for the blocks' backward pass (`SEDD.remat`): which forward values are kept.
