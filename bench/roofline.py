@@ -327,11 +327,13 @@ def main():
     graph, _, model, optimizer, loss_fn = train_step.training_components(config)
     if args.topology == "local":  # this machine's first device, its data sheet found by its name
         device_kind = jax.devices()[0].device_kind
-        bandwidth = next((t.bandwidth for t in aot.GPU_TARGETS.values() if t.device_kind == device_kind), None)
+        target = aot.gpu_target(device_kind)
     elif args.topology in aot.GPU_TARGETS:
-        device_kind, bandwidth = aot.GPU_TARGETS[args.topology].device_kind, aot.GPU_TARGETS[args.topology].bandwidth
+        target = aot.GPU_TARGETS[args.topology]
+        device_kind = target.device_kind
     else:
         p.error(f"--topology={args.topology!r}: choose one of {sorted(aot.GPU_TARGETS)} or 'local'")
+    bandwidth = target.bandwidth if target else None
     if args.hlo:
         try:
             with open(args.hlo) as f:

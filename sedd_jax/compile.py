@@ -207,11 +207,16 @@ def gpu_memory_fraction() -> float:
     return fraction
 
 
+def gpu_target(device_kind: str) -> GpuTarget | None:
+    """The GPU_TARGETS entry of a device kind as JAX names it (e.g. "NVIDIA H200"), or None."""
+    return next((t for t in GPU_TARGETS.values() if t.device_kind == device_kind), None)
+
+
 def hbm_per_device(devices) -> float | None:
     """Bytes of HBM per device that a program may use: the chip's, shared by the devices on one chip (v4 shows
     its two TensorCores as two devices), or JAX's share of a GPU's (`gpu_memory_fraction`); None for CPUs."""
     kind = devices[0].device_kind
-    gpu = next((t for t in GPU_TARGETS.values() if t.device_kind == kind), None)
+    gpu = gpu_target(kind)
     if gpu is not None:
         return gpu.memory_mib * 2**20 * gpu_memory_fraction()
     if kind not in HBM_GIB_PER_CHIP:
