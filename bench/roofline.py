@@ -401,9 +401,10 @@ def compare_with_profile(found: list[Kernel], measured: dict[str, float], steps:
                          top: int):
     """Prints the measured time of the program's kernels per step against their estimate: in all, by kind, and the
     kernels furthest from it."""
+    bound = {k.name: roofline_seconds(k, peak, bandwidth) for k in found}  # seconds per step, all runs
     ran = [k for k in found if k.name.lstrip("%") in measured]
-    took = {k.name: measured[k.name.lstrip("%")] / steps for k in ran}  # seconds per step, all runs
-    total, estimate = sum(took.values()), sum(roofline_seconds(k, peak, bandwidth) for k in ran)
+    took = {k.name: measured[k.name.lstrip("%")] / steps for k in ran}
+    total, estimate = sum(took.values()), sum(bound[k.name] for k in ran)
     if not total:
         raise SystemExit("no kernel of the program has a timed event in the trace: was it traced running this "
                          "program (bench/train_step.py --profile_dir with --save_hlo)?")
@@ -411,22 +412,21 @@ def compare_with_profile(found: list[Kernel], measured: dict[str, float], steps:
     print(f"\nmeasured ({steps} traced steps): the program's kernels took {total * 1e3:.2f} ms per step against "
           f"{estimate * 1e3:.2f} ms at the roofline ({estimate / total:.0%} of the roofline's speed); "
           f"{len(missing)} of its {len(found)} kernels have no event in the trace "
-          f"({sum(roofline_seconds(k, peak, bandwidth) for k in missing) * 1e3:.2f} ms at the roofline)")
+          f"({sum(bound[k.name] for k in missing) * 1e3:.2f} ms at the roofline)")
     kinds = collections.defaultdict(lambda: [0.0, 0.0])
     for k in ran:
         kinds[k.kind][0] += took[k.name]
-        kinds[k.kind][1] += roofline_seconds(k, peak, bandwidth)
+        kinds[k.kind][1] += bound[k.name]
     print(f"\n{'kernel kind':44s} {'measured ms':>12s} {'roofline ms':>12s} {'of roofline speed':>18s}")
-    for kind, (seconds, bound) in sorted(kinds.items(), key=lambda item: -item[1][0]):
-        print(f"{kind:44s} {seconds * 1e3:12.2f} {bound * 1e3:12.2f} {bound / max(seconds, 1e-12):18.0%}")
+    for kind, (seconds, estimated) in sorted(kinds.items(), key=lambda item: -item[1][0]):
+        print(f"{kind:44s} {seconds * 1e3:12.2f} {estimated * 1e3:12.2f} {estimated / max(seconds, 1e-12):18.0%}")
     print(f"\n{top} kernels furthest from the roofline (per step): measured ms, roofline ms, GB/s, TFLOP/s, runs, "
           "kernel, operation")
-    for k in sorted(ran, key=lambda k: roofline_seconds(k, peak, bandwidth) - took[k.name])[:top]:
+    for k in sorted(ran, key=lambda k: bound[k.name] - took[k.name])[:top]:
         seconds = max(took[k.name], 1e-12)
-        print(f"{seconds * 1e3:7.2f} {roofline_seconds(k, peak, bandwidth) * 1e3:7.2f} "
+        print(f"{seconds * 1e3:7.2f} {bound[k.name] * 1e3:7.2f} "
               f"{k.count * k.bytes / seconds / 1e9:7.0f} {k.count * k.flops / seconds / 1e12:7.1f} x{k.count:<4d} "
               f"{k.name[:28]:28s} {k.op_name[-70:]}")
-
 
 if __name__ == "__main__":
     main()
