@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -130,6 +131,25 @@ def test_low_precision_backward_multiplies_the_cotangent_in_bfloat16():
     backward = lambda flag: (lambda d: value_and_vjp(flag)[1](d))
     assert ("float32", "bfloat16") in _dot_input_dtypes(backward(False), d_out)  # what autodiff leaves to XLA
     assert set(_dot_input_dtypes(backward(True), d_out)) == {("bfloat16", "bfloat16")}
+
+
+@pytest.mark.parametrize("features", [8, 24])
+def test_float32_layers_narrowing_on_cpus_take_the_kernel_gradient_transposed(features):
+    """On CPUs a float32 TorchLinear with more inputs than outputs multiplies d_out^T x `[out, in]` for its kernel's
+    gradient (XLA's CPU backend runs it faster than x^T d_out); values and gradients are autodiff's of x k + b."""
+    x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+    d_out = jax.random.normal(jax.random.key(1), (3, 5, features))
+    layer = transformer.TorchLinear(features, ("mlp", "embed"))
+    params = flax.core.meta.unbox(layer.init(jax.random.key(2), x))
+    by_hand = lambda p, u: u @ p["params"]["kernel"] + p["params"]["bias"]
+    got, got_vjp = jax.vjp(lambda p, u: layer.apply(p, u), params, x)
+    want, want_vjp = jax.vjp(by_hand, params, x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(jax.tree.leaves(got_vjp(d_out)), jax.tree.leaves(want_vjp(d_out))):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+    backward = jax.jit(lambda u, d: jax.vjp(lambda p: layer.apply(p, u), params)[1](d)).lower(x, d_out).compile()
+    (layout,) = re.findall(rf"= f32\[16,{features}\]\{{([01,]+)\}} dot\(", backward.as_text())
+    assert layout == ("0,1" if features < 16 else "1,0")  # the kernel's gradient written [out, in] where it narrows
 
 
 def test_fused_attention_follows_the_platform_of_the_mesh():

@@ -71,6 +71,30 @@ def _low_precision_product_backward(residuals, d_out):
 _low_precision_product.defvjp(_low_precision_product_forward, _low_precision_product_backward)
 
 
+@jax.custom_vjp
+def _narrow_output_product(rows: jax.Array, kernel: jax.Array) -> jax.Array:
+    """rows `[N, in]` x kernel `[in, out]` in float32, for in > out on CPUs: the same product, with a backward that
+    takes the kernel's gradient as the transpose of d_out^T rows `[out, in]`. XLA's CPU backend runs autodiff's
+    rows^T d_out for such a kernel at two thirds of the speed of the transposed product (one core, N = 2048: 16.1
+    ms against 10.9 ms for the [1024 -> 256] MLP output of issue 8's benchmark, 10.6 ms for the [256 -> 1024] MLP
+    input), and it folds a plain transpose back into the product, hence the optimization barrier. The gradient is
+    the same product with its operands swapped (equal to autodiff's in tests/test_model_execution.py)."""
+    return jnp.dot(rows, kernel)
+
+
+def _narrow_output_product_forward(rows, kernel):
+    return _narrow_output_product(rows, kernel), (rows, kernel)
+
+
+def _narrow_output_product_backward(residuals, d_out):
+    rows, kernel = residuals
+    d_kernel_transposed = jax.lax.dot_general(d_out, rows, (((0,), (0,)), ((), ())))         # [out, in]
+    return jnp.dot(d_out, kernel.T), jax.lax.optimization_barrier(d_kernel_transposed).T
+
+
+_narrow_output_product.defvjp(_narrow_output_product_forward, _narrow_output_product_backward)
+
+
 class TorchLinear(nn.Module):
     """y = x @ kernel + bias with torch.nn.Linear's default init (U(+-1/sqrt(fan_in)) for both) or zeros.
 
@@ -100,6 +124,9 @@ class TorchLinear(nn.Module):
         rows = x.reshape(-1, fan_in).astype(self.dtype)
         if self.low_precision_backward and self.dtype != jnp.float32:
             y = _low_precision_product(rows, kernel.astype(self.dtype))
+        elif self.dtype == jnp.float32 and fan_in > self.features and _target_platform() == "cpu":
+            # named so that the dot-saving remat policies keep it as they keep a product they can see
+            y = checkpoint_name(_narrow_output_product(rows, kernel), PROJECTION)
         else:
             y = jnp.dot(rows, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
         y = y.reshape(*x.shape[:-1], self.features)
@@ -318,8 +345,9 @@ DROPOUT_MASK = "dropout_mask"  # checkpoint name of the dropout masks: kept by e
 ATTENTION_RESIDUALS = "attention_residuals"  # splash attention's output and row log-sum-exp: kept by every
                                              # policy, so the backward never reruns the forward kernel (cuDNN's
                                              # likewise, through _cudnn_attention_forward)
-PROJECTION = "projection"  # a TorchLinear's output under low-precision compute: what the dot-saving policies keep
-                           # of it, instead of its float32 product (half the bytes; see _rounded_projections)
+PROJECTION = "projection"  # what the dot-saving policies keep of a TorchLinear where they cannot see a product:
+                           # under low-precision compute its rounded output instead of its float32 product (half
+                           # the bytes; see _rounded_projections), on CPUs a _narrow_output_product
 CUDNN_INPUTS = "cudnn_attention_inputs"  # q (rotated), k (rotated) and v as cuDNN's attention takes them (GPUs,
                                          # bf16): kept by the dot-saving policies (see _rounded_projections)
 
@@ -355,8 +383,9 @@ def _rounded_projections(policy):
     recomputation in half the memory (SEDD-small, bf16, 32 x 1024 on an H200: 13.0 -> 8.4 GiB of temporaries).
     cuDNN's attention inputs (CUDNN_INPUTS) are kept too, which its backward kernel reads: rebuilding them from the
     kept qkv projection took a rotary pass over q and k and a copy of v per block (SEDD-small on an H200: 57.97 ->
-    57.50 ms at the roofline, the same temporaries; bench/README.md). Float32 programs are unchanged (no widened
-    products, no such names)."""
+    57.50 ms at the roofline, the same temporaries; bench/README.md). In float32 nothing is widened; PROJECTION
+    there names the products with their own backward on CPUs (_narrow_output_product), kept as the policy keeps
+    any other product."""
     def saveable(prim, *avals, **params):
         return policy(prim, *avals, **params) and not _widened_product(prim, *avals, **params)
     return jax.checkpoint_policies.save_from_both_policies(
