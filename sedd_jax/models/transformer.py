@@ -75,8 +75,8 @@ _low_precision_product.defvjp(_low_precision_product_forward, _low_precision_pro
 def _narrow_output_product(rows: jax.Array, kernel: jax.Array) -> jax.Array:
     """rows `[N, in]` x kernel `[in, out]` in float32, for in > out on CPUs: the same product, with a backward that
     takes the kernel's gradient as the transpose of d_out^T rows `[out, in]`. XLA's CPU backend runs autodiff's
-    rows^T d_out for such a kernel at two thirds of the speed of the transposed product (one core, N = 2048: 16.1
-    ms against 10.9 ms for the [1024 -> 256] MLP output of issue 8's benchmark, 10.6 ms for the [256 -> 1024] MLP
+    rows^T d_out for such a kernel at two thirds of the speed of the transposed product (one core, N = 2048: 16.3
+    ms against 10.9 ms for the [1024 -> 256] MLP output of issue 8's benchmark, 10.7 ms for the [256 -> 1024] MLP
     input), and it folds a plain transpose back into the product, hence the optimization barrier. The gradient is
     the same product with its operands swapped (equal to autodiff's in tests/test_model_execution.py)."""
     return jnp.dot(rows, kernel)
