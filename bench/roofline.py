@@ -428,5 +428,6 @@ def compare_with_profile(found: list[Kernel], measured: dict[str, float], steps:
               f"{k.count * k.bytes / seconds / 1e9:7.0f} {k.count * k.flops / seconds / 1e12:7.1f} x{k.count:<4d} "
               f"{k.name[:28]:28s} {k.op_name[-70:]}")
 
+
 if __name__ == "__main__":
     main()
