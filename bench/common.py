@@ -122,6 +122,17 @@ def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
+def product_rate_line(rows: int, inner: int, cols: int, dtype) -> str:
+    """The device's rate on one matrix product `[rows, inner] x [inner, cols]` in `dtype` (median of 20 calls,
+    one jitted `jnp.matmul`). A step's speed is bounded by the kernels of the library under it, so side-by-side
+    ratios depend on them: bench/torch_reference.py prints the same line for torch's (bench/README.md)."""
+    a, b = jnp.ones((rows, inner), dtype), jnp.ones((inner, cols), dtype)
+    product = jax.jit(jnp.matmul)
+    seconds = median(time_calls(lambda: product(a, b), 21)[1:])  # the first call compiles
+    return (f"one product [{rows}, {inner}] x [{inner}, {cols}] {jnp.dtype(dtype).name}: "
+            f"{2 * rows * inner * cols / seconds / 1e9:,.1f} GFLOP/s (XLA, median of 20 calls)")
+
+
 def peak_memory_line() -> str:
     """Peak memory so far: the accelerator's peak bytes in use, or the process's peak RSS on CPU."""
     stats = jax.local_devices()[0].memory_stats() or {}

@@ -12,7 +12,8 @@ from t = 1 to 1e-5, the denoiser, exponential-race draws) with the network in ev
 as bench/sample.py times sedd-jax's. Attention is `torch.nn.functional.scaled_dot_product_attention` (the
 official code calls flash-attn, which has no CPU kernel) or, with `--attention=written`, softmax(q k^T /
 sqrt(d)) v written out. It prints the median
-step (or sampler run) time, tokens/s, process CPU time and peak RSS; nothing is asserted.
+step (or sampler run) time, tokens/s, process CPU time and peak RSS, and for training torch's rate on the MLP's
+input product (bench/train_step.py prints XLA's on the same shapes); nothing is asserted.
 
 torch is not a dependency of sedd-jax: install it in a virtualenv of its own (`pip install torch numpy`) and
 run this script with that virtualenv's Python. Nothing in sedd_jax imports it.
@@ -192,6 +193,22 @@ def sample(model, predictor: str, steps: int, length: int):
     return sample_categorical(tweedie_probs(model(x, sigma_bar).exp(), x, sigma_bar)[..., :-1])
 
 
+def product_rate_line(rows: int) -> str:
+    """torch's rate on the MLP's input product, `F.linear` of `[rows, HIDDEN]` by a `[4 HIDDEN, HIDDEN]` weight
+    in float32 (median of 20 calls): the library under the step bounds its speed, so ratios to sedd-jax depend on
+    it (bench/train_step.py prints XLA's rate on the same product; bench/README.md)."""
+    x, weight = torch.ones(rows, HIDDEN), torch.ones(4 * HIDDEN, HIDDEN)
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        F.linear(x, weight)
+        times.append(time.perf_counter() - start)
+    rate = 2 * rows * HIDDEN * 4 * HIDDEN / np.median(times[1:]) / 1e9  # the first call warms up
+    blas = "MKL" if torch.backends.mkl.is_available() else "no MKL"
+    return (f"one product [{rows}, {HIDDEN}] x [{HIDDEN}, {4 * HIDDEN}] float32: {rate:,.1f} GFLOP/s (torch, {blas}, "
+            "median of 20 calls)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=None,
@@ -214,6 +231,7 @@ def main():
     x0 = torch.from_numpy(np.random.default_rng(0).integers(0, TOKENS, (BATCH, args.length)))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attention}, "
           f"batch {BATCH} x length {args.length}")
+    print(product_rate_line(BATCH * args.length))
 
     wall, cpu = [], []
     for step in range(args.steps + 2):

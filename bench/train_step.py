@@ -4,6 +4,8 @@
         [--compute_dtype=float32|bfloat16] [--attention=plain|fused] [--scan_blocks=0|1] [--remat=...]
         [--masked_positions_only=0|1] [--steps=20] [--compilation_cache=DIR] [--profile_dir=DIR] [--save_hlo=FILE]
 
+It also prints XLA's rate on one product of the step's shapes (the MLP's input), as bench/torch_reference.py
+prints torch's: a ratio between the two steps depends on their libraries' kernels on the machine (bench/README.md).
 Defaults reproduce issue 8's side-by-side configuration (tokens 1000 absorb, hidden 256, 4 heads, 4 blocks,
 cond 128, length 256, batch 8, dropout 0.1, float32, AdamW + EMA). The step is the trainer's own
 (`sedd_jax.train_step.compile_train_step`: sharded over all devices, state donated). MFU uses the analytic matmul
@@ -72,6 +74,8 @@ def main():
     host_memory.reuse_freed_memory()  # as the trainer does on CPUs for its runs of train steps
     first = jax.device_get(one_step())  # the same state, batch and key every run: comparable across programs
     print(f"first step: loss {first['train_loss']:.6f} nats/token, gradient norm {first['grad_norm']:.6f}")
+    hidden, rows = config.model.hidden_size, b * length // jax.device_count()
+    print(common.product_rate_line(rows, hidden, 4 * hidden, config.model.compute_dtype))  # the MLP's input product
     common.time_calls(one_step, 1)
     cpu_started, faults_started = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = common.time_calls(one_step, args.steps)

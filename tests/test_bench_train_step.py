@@ -23,6 +23,11 @@ def test_prints_the_first_step_profiles_three_more_and_saves_the_program(tmp_pat
     first = [re.search(r"first step: loss ([\d.]+) nats/token, gradient norm ([\d.]+)", run.stdout) for run in runs]
     assert all(first) and first[0].groups() == first[1].groups()  # the same state, batch and key every run
     assert float(first[0].group(1)) > 0 and float(first[0].group(2)) > 0
+    # the library's rate on the MLP's input product of the step's shapes (batch 2 x length 32 rows), to read ratios by
+    product = re.search(r"one product \[64, (\d+)\] x \[(\d+), (\d+)\] float32: ([\d,.]+) GFLOP/s", runs[0].stdout)
+    assert product, runs[0].stdout[-2000:]
+    hidden, inner, outer = (int(g) for g in product.groups()[:3])
+    assert inner == hidden and outer == 4 * hidden and float(product.group(4).replace(",", "")) > 0
     traced = profiled_steps(tmp_path)
     assert traced and traced[-1] == [1, 2, 3]
     assert f"profile of 3 steps written to {tmp_path}/plugins/profile/" in runs[0].stdout
